@@ -1,0 +1,195 @@
+"""Load, merge and validate the workflow configuration.
+
+One YAML file holds a section per step; ``config/schema.yaml`` gives every parameter a
+type, a default, a doc string and a ``critical`` flag.  Critical parameters enter the
+provenance hash of their step (see :mod:`vo.provenance`); the others never do.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One configuration parameter as the schema declares it."""
+
+    key: str  # dotted path, e.g. "DEMO.reducer.gap"
+    type: Any
+    default: Any
+    doc: str
+    critical: bool
+
+
+def iter_parameters(schema: dict | None = None, prefix: str = "") -> Iterator[Parameter]:
+    """Yield every leaf parameter of the schema (objects with ``properties`` are recursed)."""
+    schema = load_schema() if schema is None else schema
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        if sub.get("type") == "object" and "properties" in sub:
+            yield from iter_parameters(sub, path + ".")
+        else:
+            yield Parameter(path, sub.get("type"), sub.get("default"), sub.get("description", ""),
+                            bool(sub.get("critical", False)))
+
+
+def defaults(schema: dict | None = None) -> dict:
+    """The configuration made of the schema's defaults only."""
+    schema = load_schema() if schema is None else schema
+    out = {}
+    for key, sub in schema.get("properties", {}).items():
+        if sub.get("type") == "object" and "properties" in sub:
+            out[key] = defaults(sub)
+        elif "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+    return out
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return ``base`` updated recursively with ``override`` (neither is modified)."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def validate(cfg: dict, source: str = "<config>", schema: dict | None = None) -> None:
+    """Raise :class:`ConfigError` naming ``source`` and the key for the first problem found."""
+    schema = load_schema() if schema is None else schema
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return
+    err = errors[0]
+    path = ".".join(str(p) for p in err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        where = f"{path}." if path else ""
+        raise ConfigError(f"{source}: unknown key {where}{extra[0]!s} (allowed here: {', '.join(allowed)})")
+    raise ConfigError(f"{source}: invalid value for {path or '<top>'}: {err.message}")
+
+
+def read_yaml(path: str | os.PathLike, key: str | None = None) -> dict:
+    """Read a YAML config file, optionally one top-level ``key`` of it."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    if key is not None:
+        if key not in data:
+            raise ConfigError(f"{path}: has no key {key!r} (cfg_key); keys are {sorted(data)}")
+        data = data[key] or {}
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None,
+                key: str | None = None) -> dict:
+    """Defaults <- file <- overrides, validated; returns the full merged config.
+
+    Parameters
+    ----------
+    path : config file (default ``config/config.yaml`` of the repository); ``None`` with no
+        default file present gives the schema defaults.
+    overrides : nested dict applied last (e.g. constructor keyword arguments).
+    key : top-level key of the file that holds the config (virtualobserver's ``cfg_key``).
+    """
+    schema = load_schema()
+    cfg = defaults(schema)
+    source = "<defaults>"
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        source = str(path)
+        from_file = read_yaml(path, key)
+        validate(deep_merge(cfg, from_file), source, schema)
+        cfg = deep_merge(cfg, from_file)
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+        validate(cfg, f"{source} + keyword arguments", schema)
+    return cfg
+
+
+def complete(cfg: dict, source: str = "<config>") -> dict:
+    """Fill schema defaults into a (possibly partial) config dict and validate it."""
+    schema = load_schema()
+    merged = deep_merge(defaults(schema), cfg)
+    validate(merged, source, schema)
+    return merged
+
+
+def get(cfg: dict, dotted: str) -> Any:
+    """Value at a dotted key, e.g. ``get(cfg, "DEMO.reducer.gap")``."""
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def section_parameters(section: str) -> list[Parameter]:
+    """Parameters of one section (a step), e.g. ``"analysis"`` or ``"ZTF.reducer"``."""
+    params = [p for p in iter_parameters() if p.key == section or p.key.startswith(section + ".")]
+    if not params:
+        sections = sorted({p.key.split(".")[0] for p in iter_parameters()})
+        raise ConfigError(f"no config section {section!r}; sections are {', '.join(sections)}")
+    return params
+
+
+def critical_subset(cfg: dict, section: str) -> dict:
+    """The critical parameters of ``section`` with their values in ``cfg`` (flat, dotted keys)."""
+    return {p.key: get(cfg, p.key) for p in section_parameters(section) if p.critical}
+
+
+def format_parameters(section: str, cfg: dict | None = None) -> str:
+    """Human-readable table of a section's parameters: key, type, value/default, critical, doc."""
+    lines = []
+    for p in section_parameters(section):
+        value = get(cfg, p.key) if cfg is not None else p.default
+        typ = p.type if isinstance(p.type, str) else "|".join(p.type or [])
+        flag = "critical" if p.critical else "-"
+        lines.append(f"{p.key:<38} {typ:<14} {value!r:<24} {flag:<9} {p.doc}")
+    header = f"{'parameter':<38} {'type':<14} {'value':<24} {'critical':<9} description"
+    return "\n".join([header, "-" * len(header)] + lines)
+
+
+def data_root(cfg: dict) -> Path:
+    """The data root: ``VO_DATA`` if set, else ``project.data_root`` (absolute path)."""
+    root = os.environ.get("VO_DATA") or cfg["project"]["data_root"]
+    return Path(root).expanduser().resolve()
+
+
+def database_url(cfg: dict) -> str:
+    """Database URL: ``VO_DB_URL``, else ``database.url``, else SQLite in the data root."""
+    url = os.environ.get("VO_DB_URL") or cfg["database"]["url"]
+    if url:
+        return url
+    return f"sqlite:///{data_root(cfg) / 'vo.sqlite'}"

@@ -1,0 +1,1 @@
+"""File helpers: atomic writes, HDF5 tables, netCDF."""

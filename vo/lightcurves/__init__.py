@@ -1,0 +1,1 @@
+"""The light-curve pipeline: observatories, raw store, reduction, analysis, histograms."""

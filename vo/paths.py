@@ -1,0 +1,94 @@
+"""Every path template of the workflow, in one place (used by the Snakefile and the scripts).
+
+Raw data is shared between projects and never hashed::
+
+    {data_root}/{OBS}/{OBS}_photometry_RA{ra:03d}.h5
+
+Products embed the provenance hash of the step that made them::
+
+    {data_root}/{PROJECT}/{step}-{hash}/...      (version_control: true)
+    {data_root}/{PROJECT}/{step}/...             (version_control: false)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vo import config as vconfig
+from vo import provenance as vprov
+
+#: File-name patterns inside a step folder; ``{obs}`` and ``{ra_bin}`` (3 digits) are
+#: Snakemake wildcards as well as ``str.format`` fields.
+FILES = {
+    "targets": "targets_RA{ra_bin}.h5",
+    "download": "{obs}_RA{ra_bin}_manifest.json",
+    "reduce": "{obs}_photometry_RA{ra_bin}_reduced.h5",
+    "analysis": "{obs}_RA{ra_bin}_analysis.h5",
+    "histograms": "{obs}_RA{ra_bin}_histograms.nc",
+    "combine": "{obs}_histograms.nc",
+    "efficiency": "{obs}_efficiency.csv",
+    "plots": "{obs}_detections.png",
+    "ingest": "{obs}_RA{ra_bin}_ingest.json",
+}
+
+
+def ra_bin_str(ra_bin: int | str) -> str:
+    """Three-digit RA-bin label, e.g. ``7 -> "007"``."""
+    return f"{int(ra_bin):03d}"
+
+
+class Paths:
+    """Paths of one run, computed from its merged config."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.data_root = vconfig.data_root(cfg)
+        self.project = cfg["project"]["name"].upper()
+        self.version_control = bool(cfg["project"]["version_control"])
+
+    # -- shared, unhashed ------------------------------------------------------------
+    def raw_photometry(self, obs: str, ra_bin: int | str) -> Path:
+        obs = obs.upper()
+        return self.data_root / obs / f"{obs}_photometry_RA{ra_bin_str(ra_bin)}.h5"
+
+    def catalog_cache(self) -> Path:
+        return self.data_root / "catalogs"
+
+    # -- per project -----------------------------------------------------------------
+    @property
+    def project_dir(self) -> Path:
+        return self.data_root / self.project
+
+    def step_hash(self, step: str, obs: str | None = None) -> str:
+        return vprov.provenance(self.cfg, step, obs).hash
+
+    def step_suffix(self, step: str, obs: str | None = None) -> str:
+        """``-{hash}`` with version control, ``""`` without."""
+        return f"-{self.step_hash(step, obs)}" if self.version_control else ""
+
+    def step_dir(self, step: str, obs: str | None = None) -> Path:
+        return self.project_dir / f"{step}{self.step_suffix(step, obs)}"
+
+    def product(self, kind: str, obs: str | None = None, ra_bin: int | str | None = None) -> Path:
+        """Path of a product; ``kind`` is a key of :data:`FILES`."""
+        step = {"histograms": "analysis", "efficiency": "combine", "plots": "combine"}.get(kind, kind)
+        name = FILES[kind].format(obs=obs, ra_bin=ra_bin_str(ra_bin) if ra_bin is not None else "")
+        return self.step_dir(step, obs) / name
+
+    def pattern(self, kind: str) -> str:
+        """Snakemake output pattern of a product: the step folder's hash is the wildcard
+        ``{vc}`` (``-{hash}`` or empty), checked against the config by the rules."""
+        step = {"histograms": "analysis", "efficiency": "combine", "plots": "combine"}.get(kind, kind)
+        return str(self.project_dir / f"{step}{{vc}}" / FILES[kind])
+
+    def run_config(self) -> Path:
+        return self.project_dir / f"00_config_{vprov.run_hash(self.cfg)}.yaml"
+
+    def provenance_file(self) -> Path:
+        return self.project_dir / "provenance.yaml"
+
+    def log(self, rule: str, *wildcards: str) -> str:
+        return str(self.project_dir / "logs" / rule / ("_".join(wildcards) or rule)) + ".log"
+
+    def benchmark(self, rule: str, *wildcards: str) -> str:
+        return str(self.project_dir / "benchmarks" / rule / ("_".join(wildcards) or rule)) + ".tsv"
