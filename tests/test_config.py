@@ -1,0 +1,80 @@
+"""Config: schema defaults, merging, validation errors that name the key and the file."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from vo import config as vconfig
+
+
+def test_every_parameter_has_type_default_doc_and_critical_flag():
+    schema = vconfig.load_schema()
+    params = list(vconfig.iter_parameters(schema))
+    assert len(params) > 50
+    for p in params:
+        assert p.type is not None, p.key
+        assert p.doc, p.key
+    # the raw schema states `critical` and `default` explicitly for every leaf
+    def leaves(node, path=""):
+        for k, sub in node.get("properties", {}).items():
+            if sub.get("type") == "object" and "properties" in sub:
+                yield from leaves(sub, f"{path}{k}.")
+            else:
+                yield f"{path}{k}", sub
+    for key, sub in leaves(schema):
+        assert "critical" in sub, key
+        assert "default" in sub, key
+
+
+def test_defaults_validate_and_default_config_loads():
+    cfg = vconfig.load_config()
+    assert cfg["project"]["name"] == "DEMO"
+    assert cfg["DEMO"]["reducer"]["gap"] == 40.0
+    vconfig.validate(vconfig.defaults())
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"analysis": {"snr_treshold": 4}}))
+    with pytest.raises(vconfig.ConfigError) as exc:
+        vconfig.load_config(f)
+    msg = str(exc.value)
+    assert str(f) in msg and "analysis.snr_treshold" in msg
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"DEMO": {"reducer": {"gap": "forty"}}}))
+    with pytest.raises(vconfig.ConfigError) as exc:
+        vconfig.load_config(f)
+    assert "DEMO.reducer.gap" in str(exc.value) and str(f) in str(exc.value)
+
+
+def test_cfg_key_selects_subsection_and_overrides_win(tmp_path):
+    f = tmp_path / "multi.yaml"
+    f.write_text(yaml.safe_dump({"mine": {"analysis": {"snr_threshold": 7.0}}}))
+    cfg = vconfig.load_config(f, overrides={"analysis": {"snr_sideband": 3.0}}, key="mine")
+    assert cfg["analysis"]["snr_threshold"] == 7.0
+    assert cfg["analysis"]["snr_sideband"] == 3.0
+    with pytest.raises(vconfig.ConfigError, match="no key 'other'"):
+        vconfig.load_config(f, key="other")
+
+
+def test_env_overrides_data_root_and_db(monkeypatch, tmp_path):
+    cfg = vconfig.load_config()
+    monkeypatch.setenv("VO_DATA", str(tmp_path))
+    assert vconfig.data_root(cfg) == tmp_path.resolve()
+    assert vconfig.database_url(cfg) == f"sqlite:///{tmp_path.resolve() / 'vo.sqlite'}"
+    monkeypatch.setenv("VO_DB_URL", "postgresql+psycopg://u@127.0.0.1/x")
+    assert vconfig.database_url(cfg).startswith("postgresql")
+
+
+def test_show_pars_cli_prints_docs_and_critical_flags():
+    out = subprocess.run([sys.executable, "-m", "vo.cli", "show-pars", "DEMO.reducer"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "DEMO.reducer.gap" in out and "critical" in out and "days" in out
+    bad = subprocess.run([sys.executable, "-m", "vo.cli", "show-pars", "nosuch"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "nosuch" in bad.stderr

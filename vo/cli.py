@@ -1,0 +1,88 @@
+"""The ``vo`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vo import config as vconfig
+
+
+def _load(args) -> dict:
+    from vo.scripting import _parse_overrides
+    return vconfig.load_config(args.configfile, _parse_overrides(args.set))
+
+
+def cmd_show_pars(args) -> int:
+    cfg = _load(args)
+    sections = ([p.key.split(".")[0] for p in vconfig.iter_parameters()] if args.step == "all"
+                else [args.step])
+    for section in dict.fromkeys(sections):
+        print(f"[{section}]")
+        print(vconfig.format_parameters(section, cfg))
+        print()
+    return 0
+
+
+def cmd_provenance(args) -> int:
+    from vo import provenance as vprov
+    doc = vprov.provenance_document(_load(args))
+    print(json.dumps(doc, indent=1, default=str) if args.json else
+          "\n".join(f"{k:<20} {v['hash']}  (code {v['code_version']})" for k, v in doc["steps"].items()))
+    return 0
+
+
+def cmd_run(args) -> int:
+    import subprocess
+    from vo.project import SNAKEFILE
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
+           "--cores", str(args.cores)]
+    if args.configfile:
+        cmd += ["--configfile", args.configfile]
+    if args.profile:
+        cmd += ["--profile", args.profile]
+    return subprocess.run(cmd + args.snakemake_args).returncode
+
+
+def cmd_populate(args) -> int:
+    from vo.db import ingest
+    counts = ingest.populate(_load(args))
+    print(json.dumps(counts, indent=1, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="vo", description="Survey photometry and light curves.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--configfile", default=None, help="config YAML (default config/config.yaml)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a parameter, e.g. --set analysis.snr_threshold=6")
+        return p
+
+    p = common(sub.add_parser("show-pars", help="list a step's parameters: type, value, critical, doc"))
+    p.add_argument("step", help="config section, e.g. analysis, DEMO.reducer, or 'all'")
+    p.set_defaults(func=cmd_show_pars)
+    p = common(sub.add_parser("provenance", help="print each step's provenance hash"))
+    p.add_argument("--json", action="store_true", help="the whole provenance document as JSON")
+    p.set_defaults(func=cmd_provenance)
+    p = sub.add_parser("run", help="run the workflow (snakemake)")
+    p.add_argument("--configfile", default=None)
+    p.add_argument("--profile", default="profiles/local")
+    p.add_argument("--cores", default="all")
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed on to snakemake")
+    p.set_defaults(func=cmd_run)
+    p = common(sub.add_parser("populate", help="rebuild database rows from the files on disk"))
+    p.set_defaults(func=cmd_populate)
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except vconfig.ConfigError as exc:
+        print(f"vo: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

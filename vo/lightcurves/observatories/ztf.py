@@ -1,0 +1,559 @@
+"""The Zwicky Transient Facility (ZTF): IRSA light-curve service or data-release parquet files.
+
+Two ways to get the raw photometry of a target, both giving the same table (IRSA's
+column names, one row per epoch), so one reducer serves both:
+
+* ``mode: api`` queries IRSA's ZTF light-curve service (``nph_light_curves``) with a cone
+  ``POS=CIRCLE ra dec radius`` and ``FORMAT=CSV``; ``data_release`` becomes IRSA's
+  ``COLLECTION`` parameter (e.g. ``ztf_dr22``; null lets IRSA use its latest release).
+* ``mode: bulk`` reads ZTF data-release light-curve parquet files (one file per field,
+  filter, CCD and quadrant; columns ``objectid, filterid, fieldid, rcid, objra, objdec``
+  and per-epoch lists ``hmjd, mag, magerr, clrcoeff, catflags``) from ``bulk_dir``.
+
+Units: positions in degrees, radii in arcsec (IRSA wants degrees), times in days (MJD),
+magnitudes in mag (AB, ZTF photometric system), exposure time in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+import time
+import urllib.parse
+from datetime import datetime, timezone
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import requests
+import yaml
+from scipy.spatial import cKDTree
+
+from vo.lightcurves.observatories.base import VirtualObservatory
+from vo.lightcurves.reduce import STANDARD_COLUMNS
+
+log = logging.getLogger(__name__)
+
+#: Version of the ZTF download/reduce code (bump when the raw table or the mapping changes).
+CODE_VERSION = "1"
+
+#: Columns of IRSA's ZTF light-curve CSV, in IRSA's order.
+IRSA_COLUMNS = ["oid", "expid", "hjd", "mjd", "mag", "magerr", "catflags", "filtercode", "ra",
+                "dec", "chi", "sharp", "filefracday", "field", "ccdid", "qid", "limitmag", "magzp",
+                "magzprms", "clrcoeff", "clrcounc", "exptime", "airmass", "programid"]
+#: Columns the reducer needs; an IRSA answer without one of them is an error.
+REQUIRED_COLUMNS = ["oid", "mjd", "mag", "magerr", "catflags", "filtercode", "ra", "dec"]
+#: Columns of the raw table made from the bulk parquet files (IRSA names, IRSA order).
+BULK_COLUMNS = ["oid", "mjd", "mag", "magerr", "catflags", "filtercode", "ra", "dec", "field",
+                "ccdid", "qid", "clrcoeff", "exptime"]
+#: ``filterid`` of the data-release files to IRSA's ``filtercode``.
+FILTER_CODES = {1: "zg", 2: "zr", 3: "zi"}
+#: Exposure time of every ZTF survey exposure (s); the parquet files do not carry it.
+ZTF_EXPTIME = 30.0
+#: Span of ZTF observations (Julian years): survey start (2018 March) to about the end of
+#: the releases current in 2025.  Used to widen the cone for proper motion.
+ZTF_EPOCH_RANGE = (2018.2, 2025.0)
+#: Epoch (Julian year) assumed for target positions without an ``epoch`` (ZTF mid-survey).
+ZTF_MID_EPOCH = 2020.0
+
+_BULK_INDEX_COLUMNS = ["objectid", "objra", "objdec"]
+_BULK_META_COLUMNS = ["objectid", "filterid", "fieldid", "rcid", "objra", "objdec"]
+_BULK_LIST_COLUMNS = ["hmjd", "mag", "magerr", "catflags"]  # clrcoeff is optional
+
+
+class ZTFError(RuntimeError):
+    """A ZTF download that failed; the message names the URL or file and the problem."""
+
+
+class ZTFCredentialsError(ZTFError):
+    """IRSA refused the credentials (HTTP 401/403) or the credentials file is unusable."""
+
+
+# -- geometry ----------------------------------------------------------------------------
+def cone_radius_arcsec(radius: float, cat_row: dict) -> float:
+    """Search radius (arcsec) that holds the target at every ZTF epoch despite proper motion.
+
+    ``radius + |pm| * max(|epoch - start|, |end - epoch|)`` where ``|pm|`` (mas/yr) is
+    ``hypot(pmra, pmdec)`` of the catalog row (``pmra`` includes cos(dec), as in Gaia),
+    ``epoch`` is the epoch of the row's ``ra``/``dec`` (``cat_row["epoch"]``, Julian year;
+    the catalog step propagates positions to the observation epoch, default
+    :data:`ZTF_MID_EPOCH`) and start/end are :data:`ZTF_EPOCH_RANGE`.  Missing or NaN
+    proper motions count as zero.
+    """
+    pm = math.hypot(_finite_or_zero(cat_row.get("pmra")), _finite_or_zero(cat_row.get("pmdec")))
+    epoch = cat_row.get("epoch")
+    epoch = ZTF_MID_EPOCH if epoch is None or not np.isfinite(epoch) else float(epoch)
+    years = max(abs(epoch - ZTF_EPOCH_RANGE[0]), abs(ZTF_EPOCH_RANGE[1] - epoch))
+    return float(radius) + pm * 1e-3 * years
+
+
+def _finite_or_zero(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return value if np.isfinite(value) else 0.0
+
+
+def unit_vectors(ra, dec) -> np.ndarray:
+    """Unit vectors (N, 3) of positions in degrees."""
+    ra = np.radians(np.asarray(ra, dtype=float))
+    dec = np.radians(np.asarray(dec, dtype=float))
+    cdec = np.cos(dec)
+    return np.stack([cdec * np.cos(ra), cdec * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def chord(radius_arcsec: float) -> float:
+    """Chord length on the unit sphere of an angle in arcsec."""
+    return 2.0 * math.sin(math.radians(radius_arcsec / 3600.0) / 2.0)
+
+
+# -- credentials and URLs ----------------------------------------------------------------
+def load_credentials(credentials_file: str | None = None) -> tuple[str, str] | None:
+    """(username, password) from env ``ZTF_USERNAME``/``ZTF_PASSWORD`` or a YAML file.
+
+    The environment wins when both variables are set; otherwise ``credentials_file`` (a
+    YAML mapping with ``username`` and ``password``) is read; with neither, ``None``
+    (anonymous access to public data).  Error messages never contain the file's content.
+    """
+    user, password = os.environ.get("ZTF_USERNAME"), os.environ.get("ZTF_PASSWORD")
+    if user and password:
+        return user, password
+    if not credentials_file:
+        return None
+    path = Path(credentials_file).expanduser()
+    if not path.is_file():
+        raise ZTFCredentialsError(f"ZTF credentials_file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ZTFCredentialsError(f"ZTF credentials_file {path} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ZTFCredentialsError(f"ZTF credentials_file {path} must be a mapping with username and password")
+    missing = [k for k in ("username", "password") if not data.get(k)]
+    if missing:
+        raise ZTFCredentialsError(f"ZTF credentials_file {path} lacks {', '.join(missing)}")
+    return str(data["username"]), str(data["password"])
+
+
+def public_url(url: str, params: dict | None = None) -> str:
+    """The full query URL with any ``user:password@`` removed (safe to log and store)."""
+    full = requests.Request("GET", url, params=params).prepare().url
+    parts = urllib.parse.urlsplit(full)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def irsa_params(ra: float, dec: float, radius_arcsec: float, bad_catflags_mask: int | None = None,
+                data_release: str | None = None) -> dict:
+    """Query parameters of IRSA's ZTF light-curve service for a cone (radius in arcsec)."""
+    params = {"POS": f"CIRCLE {ra:.7f} {dec:.7f} {radius_arcsec / 3600.0:.7f}", "FORMAT": "CSV"}
+    if bad_catflags_mask is not None:
+        params["BAD_CATFLAGS_MASK"] = str(int(bad_catflags_mask))
+    if data_release:
+        params["COLLECTION"] = str(data_release)
+    return params
+
+
+# -- HTTP client -------------------------------------------------------------------------
+class RateLimiter:
+    """At most ``rate`` calls of :meth:`wait` per second, shared by all threads.
+
+    Each call reserves the next free slot (``1/rate`` s after the previous one) under a
+    lock, then sleeps outside the lock until its slot.  ``rate <= 0`` disables the limit.
+    """
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
+        self._lock = threading.Lock()
+        self._next = -math.inf
+
+    def wait(self) -> None:
+        if self.interval == 0.0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+class IRSAClient:
+    """Client of IRSA's ZTF light-curve service: retries, backoff, rate limit, basic auth.
+
+    Parameters
+    ----------
+    url : service URL (``.../cgi-bin/ZTF/nph_light_curves``).
+    timeout : timeout of one request (s).
+    retries : retries after the first attempt on connection errors, timeouts, HTTP 5xx
+        and 429; other 4xx fail at once (401/403 with :class:`ZTFCredentialsError`).
+    backoff : wait before the first retry (s), doubled at each further retry.
+    rate_limit : most requests per second, shared by the threads using this client.
+    auth : (username, password) sent as HTTP basic auth, or None.
+    """
+
+    def __init__(self, url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 2.0,
+                 rate_limit: float = 1.0, auth: tuple[str, str] | None = None):
+        self.url = url
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.limiter = RateLimiter(rate_limit)
+        self._auth = auth
+        self._local = threading.local()  # one requests.Session per thread
+
+    def __repr__(self) -> str:
+        return f"IRSAClient({self.url!r}, auth={'yes' if self._auth else 'no'})"
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.auth = self._auth
+            self._local.session = session
+        return session
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the password (should a server echo it) replaced by ``***``."""
+        if self._auth and self._auth[1]:
+            text = text.replace(self._auth[1], "***")
+        return text
+
+    def get(self, params: dict) -> str:
+        """Body of a successful GET of ``params``; raises :class:`ZTFError` otherwise."""
+        where = public_url(self.url, params)
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            self.limiter.wait()
+            problem, retry_after = self._attempt(params, where)
+            if problem is None:
+                return self._last_text
+            if attempt + 1 < attempts:
+                wait = max(self.backoff * 2.0 ** attempt, retry_after)
+                log.warning("ZTF query %s failed (%s); retry %d of %d in %.2f s",
+                            where, problem, attempt + 1, self.retries, wait)
+                time.sleep(wait)
+        raise ZTFError(f"ZTF query {where} failed after {attempts} attempt(s): {problem}")
+
+    def _attempt(self, params: dict, where: str) -> tuple[str | None, float]:
+        """One request: (None, 0) on success (body in ``_last_text``), else (problem, retry-after)."""
+        try:
+            resp = self._session().get(self.url, params=params, timeout=self.timeout)
+        except requests.Timeout:
+            return f"timed out after {self.timeout:g} s", 0.0
+        except requests.ConnectionError as exc:
+            return self._scrub(f"connection error: {type(exc).__name__}"), 0.0
+        code = resp.status_code
+        if code in (401, 403):
+            who = "no credentials were given" if self._auth is None else "the credentials were refused"
+            raise ZTFCredentialsError(
+                f"ZTF query {where}: HTTP {code} ({who}); set ZTF_USERNAME/ZTF_PASSWORD or "
+                "ZTF.credentials_file")
+        if code == 429 or code >= 500:
+            retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
+            return f"HTTP {code} {resp.reason}", retry_after
+        if code >= 400:
+            raise ZTFError(f"ZTF query {where}: HTTP {code} {resp.reason}: "
+                           f"{self._scrub(_snippet(resp.text))}")
+        self._local.text = resp.text
+        return None, 0.0
+
+    @property
+    def _last_text(self) -> str:
+        return self._local.text
+
+    def query(self, ra: float, dec: float, radius_arcsec: float, bad_catflags_mask: int | None = None,
+              data_release: str | None = None) -> tuple[pd.DataFrame, dict]:
+        """Light-curve rows within ``radius_arcsec`` of (ra, dec) and the query's metadata."""
+        params = irsa_params(ra, dec, radius_arcsec, bad_catflags_mask, data_release)
+        where = public_url(self.url, params)
+        log.info("ZTF query %s", where)
+        text = self.get(params)
+        table = parse_irsa_csv(self._scrub(text), where)
+        meta = {"mode": "api", "url": where, "params": params,
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "nrows": int(len(table)), "radius_arcsec": float(radius_arcsec)}
+        return table, meta
+
+
+def _retry_after_seconds(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value is not None else 0.0
+    except ValueError:
+        return 0.0  # an HTTP date: fall back on the backoff
+
+
+def _snippet(text: str, n: int = 200) -> str:
+    text = " ".join(text.split())
+    return text[:n] + ("..." if len(text) > n else "")
+
+
+def parse_irsa_csv(text: str, where: str) -> pd.DataFrame:
+    """IRSA's ZTF light-curve CSV as a DataFrame; a clear :class:`ZTFError` if it is not one.
+
+    ``where`` (the public query URL) goes into error messages.  A header without rows is
+    a valid answer (no ZTF object in the cone).
+    """
+    body = text.lstrip()
+    if not body:
+        raise ZTFError(f"ZTF query {where}: empty answer (expected CSV)")
+    if body.startswith("<"):
+        raise ZTFError(f"ZTF query {where}: answer is HTML/XML, not CSV: {_snippet(body)}")
+    try:
+        table = pd.read_csv(StringIO(text))
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise ZTFError(f"ZTF query {where}: garbled CSV ({exc})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ZTFError(f"ZTF query {where}: CSV lacks columns {missing} "
+                       f"(has {list(table.columns)[:12]})")
+    for col in REQUIRED_COLUMNS:
+        if col == "filtercode" or pd.api.types.is_numeric_dtype(table[col]):
+            continue
+        try:
+            table[col] = pd.to_numeric(table[col])
+        except (ValueError, TypeError):
+            raise ZTFError(f"ZTF query {where}: column {col!r} is not numeric") from None
+    table["filtercode"] = table["filtercode"].astype(str)
+    return table
+
+
+# -- bulk data-release files -------------------------------------------------------------
+class BulkIndex:
+    """Cone search over ZTF data-release light-curve parquet files in a folder.
+
+    Each file's ``objectid/objra/objdec`` columns are read once and indexed with a
+    k-d tree on unit vectors (cached for the life of the object, thread-safe); the list
+    columns of the matched objects are then read row group by row group.
+
+    Parameters
+    ----------
+    bulk_dir : folder searched recursively for ``*.parquet``.
+    data_release : e.g. ``ztf_dr5``: keep only files named ``*_dr5.parquet``; None keeps all.
+    """
+
+    def __init__(self, bulk_dir, data_release: str | None = None):
+        if not bulk_dir:
+            raise ZTFError("ZTF.mode is bulk but ZTF.bulk_dir is not set")
+        self.bulk_dir = Path(bulk_dir).expanduser()
+        if not self.bulk_dir.is_dir():
+            raise ZTFError(f"ZTF.bulk_dir {self.bulk_dir} is not a folder")
+        files = sorted(self.bulk_dir.rglob("*.parquet"))
+        if data_release:
+            match = re.search(r"dr(\d+)", str(data_release), re.IGNORECASE)
+            if not match:
+                raise ZTFError(f"ZTF.data_release {data_release!r} names no release (expected e.g. ztf_dr5)")
+            tag = f"_dr{int(match.group(1))}.parquet"
+            files = [f for f in files if f.name.endswith(tag)]
+        if not files:
+            raise ZTFError(f"ZTF.bulk_dir {self.bulk_dir} holds no parquet files"
+                           + (f" of data release {data_release}" if data_release else ""))
+        self.files = files
+        self._index: dict[Path, tuple] = {}
+        self._lock = threading.Lock()
+
+    def _file_index(self, path: Path) -> tuple:
+        """(tree, cap center, cap chord, row-group offsets) of one file, built once."""
+        with self._lock:
+            if path not in self._index:
+                self._index[path] = self._build_index(path)
+            return self._index[path]
+
+    @staticmethod
+    def _build_index(path: Path) -> tuple:
+        try:
+            pf = pq.ParquetFile(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise ZTFError(f"ZTF bulk file {path}: not a readable parquet file ({exc})") from None
+        names = pf.schema_arrow.names
+        missing = [c for c in _BULK_META_COLUMNS + _BULK_LIST_COLUMNS if c not in names]
+        if missing:
+            raise ZTFError(f"ZTF bulk file {path}: lacks columns {missing}")
+        coords = pf.read(columns=_BULK_INDEX_COLUMNS)
+        xyz = unit_vectors(coords["objra"].to_numpy(), coords["objdec"].to_numpy())
+        if len(xyz):
+            center = xyz.mean(axis=0)
+            center /= np.linalg.norm(center)
+            cap = float(np.max(np.linalg.norm(xyz - center, axis=1)))
+        else:
+            center, cap = np.array([0.0, 0.0, 1.0]), -np.inf
+        offsets = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+        return cKDTree(xyz), center, cap, offsets
+
+    def query(self, ra: float, dec: float, radius_arcsec: float) -> tuple[pd.DataFrame, dict]:
+        """Epochs (IRSA-like columns :data:`BULK_COLUMNS`) of every object within the cone."""
+        target = unit_vectors(ra, dec)
+        r = chord(radius_arcsec)
+        parts, used = [], []
+        for path in self.files:
+            tree, center, cap, offsets = self._file_index(path)
+            if np.linalg.norm(target - center) > cap + r:
+                continue
+            rows = np.sort(np.asarray(tree.query_ball_point(target, r), dtype=np.int64))
+            if rows.size:
+                parts.append(_read_objects(path, rows, offsets))
+                used.append(str(path.relative_to(self.bulk_dir)))
+        table = pd.concat(parts, ignore_index=True) if parts else _empty_bulk_table()
+        table = table.sort_values(["oid", "mjd"], kind="stable").reset_index(drop=True)
+        meta = {"mode": "bulk", "bulk_dir": str(self.bulk_dir), "files": used,
+                "n_files_searched": len(self.files), "radius_arcsec": float(radius_arcsec),
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "nrows": int(len(table))}
+        return table, meta
+
+
+def _read_objects(path: Path, rows: np.ndarray, offsets: np.ndarray) -> pd.DataFrame:
+    """Rows (file-global indices, sorted) of a bulk file, exploded to one row per epoch."""
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    columns = _BULK_META_COLUMNS + _BULK_LIST_COLUMNS + (["clrcoeff"] if "clrcoeff" in names else [])
+    group = np.searchsorted(offsets, rows, side="right") - 1
+    tables = [pf.read_row_group(int(g), columns=columns).take(pa.array(rows[group == g] - offsets[g]))
+              for g in np.unique(group)]
+    return explode_objects(pa.concat_tables(tables), path)
+
+
+def explode_objects(table: pa.Table, path) -> pd.DataFrame:
+    """One row per epoch from data-release objects (one row per object, list columns).
+
+    ``mjd`` is the file's ``hmjd``: a *heliocentric* MJD stored as float32, so it is good to
+    about 2**-8 d (6 min) near MJD 59000, comparable to the heliocentric correction itself
+    (at most 8.3 min); we use it as the epoch without converting it to a geocentric MJD.
+    ``ra``/``dec`` are the object's mean position (the files keep no per-epoch position).
+    ``ccdid``/``qid`` come from ``rcid = 4 (ccdid - 1) + qid - 1``; ``exptime`` is 30 s.
+    """
+    lengths = pc.list_value_length(table["hmjd"]).to_numpy(zero_copy_only=False)
+    for col in _BULK_LIST_COLUMNS[1:] + (["clrcoeff"] if "clrcoeff" in table.column_names else []):
+        other = pc.list_value_length(table[col]).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(other != lengths)
+        if bad.size:
+            oid = table["objectid"][int(bad[0])].as_py()
+            raise ZTFError(f"ZTF bulk file {path}: object {oid} has {other[bad[0]]} {col} "
+                           f"values but {lengths[bad[0]]} hmjd values")
+    parent = np.repeat(np.arange(table.num_rows), lengths)
+
+    def flat(col, dtype):
+        return pc.list_flatten(table[col]).to_numpy(zero_copy_only=False).astype(dtype)
+
+    def scalar(col, dtype):
+        return table[col].to_numpy().astype(dtype)[parent]
+
+    filterid = scalar("filterid", np.int64)
+    codes = np.array([FILTER_CODES.get(int(f), f"z{int(f)}") for f in np.unique(filterid)], dtype=object)
+    rcid = scalar("rcid", np.int64)
+    out = pd.DataFrame({
+        "oid": scalar("objectid", np.int64),
+        "mjd": flat("hmjd", np.float64),
+        "mag": flat("mag", np.float64),
+        "magerr": flat("magerr", np.float64),
+        "catflags": flat("catflags", np.int64),
+        "filtercode": codes[np.searchsorted(np.unique(filterid), filterid)],
+        "ra": scalar("objra", np.float64),
+        "dec": scalar("objdec", np.float64),
+        "field": scalar("fieldid", np.int64),
+        "ccdid": rcid // 4 + 1,
+        "qid": rcid % 4 + 1,
+        "clrcoeff": flat("clrcoeff", np.float64) if "clrcoeff" in table.column_names
+        else np.full(parent.size, np.nan),
+        "exptime": np.full(parent.size, ZTF_EXPTIME),
+    })
+    return out[BULK_COLUMNS]
+
+
+def _empty_bulk_table() -> pd.DataFrame:
+    dtypes = {"oid": np.int64, "catflags": np.int64, "filtercode": object, "field": np.int64,
+              "ccdid": np.int64, "qid": np.int64}
+    return pd.DataFrame({c: np.array([], dtype=dtypes.get(c, np.float64)) for c in BULK_COLUMNS})
+
+
+# -- reduction ---------------------------------------------------------------------------
+def irsa_to_standard(raw: pd.DataFrame) -> pd.DataFrame:
+    """Map a ZTF raw table (IRSA columns) to :data:`vo.lightcurves.reduce.STANDARD_COLUMNS`.
+
+    ``flag`` is ``catflags`` (0 = good; a missing value becomes -1, i.e. flagged),
+    ``filter`` the IRSA ``filtercode`` (zg, zr, zi), ``mjd`` the ``mjd`` column (days),
+    ``exptime`` (s) the ``exptime`` column or 30 s where absent.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    if missing:
+        raise KeyError(f"ZTF raw photometry lacks columns {missing}")
+    if "exptime" in raw:
+        exptime = raw["exptime"].to_numpy(dtype=float)
+        exptime = np.where(np.isfinite(exptime), exptime, ZTF_EXPTIME)
+    else:
+        exptime = np.full(len(raw), ZTF_EXPTIME)
+    return pd.DataFrame({
+        "mjd": raw["mjd"].to_numpy(dtype=float),
+        "mag": raw["mag"].to_numpy(dtype=float),
+        "magerr": raw["magerr"].to_numpy(dtype=float),
+        "filter": raw["filtercode"].astype(str).to_numpy(dtype=object),
+        "flag": raw["catflags"].fillna(-1).to_numpy().astype(np.int64),
+        "ra": raw["ra"].to_numpy(dtype=float),
+        "dec": raw["dec"].to_numpy(dtype=float),
+        "exptime": exptime,
+        "oid": raw["oid"].to_numpy().astype(np.int64),
+    }, columns=STANDARD_COLUMNS)
+
+
+# -- the observatory ---------------------------------------------------------------------
+class VirtualZTF(VirtualObservatory):
+    """ZTF through IRSA's light-curve service (``mode: api``) or local data-release files
+    (``mode: bulk``); see the module docstring and ``ZTF`` in ``config/schema.yaml``."""
+
+    name = "ZTF"
+
+    def __init__(self, pars: dict, data_root=None):
+        super().__init__(pars, data_root)
+        self._client: IRSAClient | None = None
+        self._bulk: BulkIndex | None = None
+        self._init_lock = threading.Lock()
+
+    def download_params(self) -> dict:
+        """The parameters that determine a source's raw data (timeouts, URL etc. do not)."""
+        keys = ["mode", "data_release", "radius", "bad_catflags_mask"]
+        if self.pars.get("mode") == "bulk":
+            keys.append("bulk_dir")
+        return {k: self.pars.get(k) for k in keys}
+
+    @property
+    def client(self) -> IRSAClient:
+        with self._init_lock:
+            if self._client is None:
+                p = self.pars
+                self._client = IRSAClient(p["url"], p["timeout"], p["retries"], p["backoff"],
+                                          p["rate_limit"], load_credentials(p.get("credentials_file")))
+            return self._client
+
+    @property
+    def bulk(self) -> BulkIndex:
+        with self._init_lock:
+            if self._bulk is None:
+                self._bulk = BulkIndex(self.pars.get("bulk_dir"), self.pars.get("data_release"))
+            return self._bulk
+
+    def fetch_data_from_observatory(self, cat_row: dict) -> tuple[pd.DataFrame, dict]:
+        """Raw ZTF epochs (IRSA columns) within the proper-motion-aware cone of the target."""
+        ra, dec = float(cat_row["ra"]), float(cat_row["dec"])
+        if not (np.isfinite(ra) and np.isfinite(dec)):
+            raise ValueError(f"target {cat_row.get('name')!r} has no finite ra/dec ({ra}, {dec})")
+        radius = cone_radius_arcsec(self.pars["radius"], cat_row)
+        if self.pars.get("mode", "api") == "bulk":
+            table, meta = self.bulk.query(ra, dec, radius)
+        else:
+            table, meta = self.client.query(ra, dec, radius, self.pars.get("bad_catflags_mask"),
+                                            self.pars.get("data_release"))
+        meta["data_release"] = self.pars.get("data_release")
+        return table, meta
+
+    def to_standard(self, raw: pd.DataFrame) -> pd.DataFrame:
+        return irsa_to_standard(raw)
