@@ -1,10 +1,22 @@
-"""Datasets: raw photometry and light curves, with their files and in-file keys."""
+"""Datasets: raw photometry and light curves, with their files and in-file keys.
+
+Both keep a ``filename`` and ``folder`` (the HDF5 file, see :meth:`get_fullname`) and a
+``filekey`` (the group inside it), and lazy-load their ``data`` from disk.  Every write
+goes through :func:`vo.lightcurves.rawstore.update_hdf5` (lock + copy-on-write), so a
+crash never corrupts a file.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
+
+from vo.io import hdf5 as vh5
 
 
 def sanitize_key(name: str) -> str:
@@ -15,30 +27,122 @@ def sanitize_key(name: str) -> str:
     return key
 
 
-class Lightcurve:
+class _FileDataset:
+    """Shared file bookkeeping: ``filename``, ``folder``, ``filekey`` and lazy ``data``."""
+
+    def __init__(self, data: pd.DataFrame | None = None, attrs: dict | None = None,
+                 filename: str | None = None, folder: str | None = None, filekey: str | None = None):
+        self._data = data
+        self.attrs = dict(attrs or {})
+        if filename is not None and folder is None and os.path.dirname(str(filename)):
+            folder, filename = os.path.split(str(filename))
+        self.filename = None if filename is None else str(filename)
+        self.folder = None if folder is None else str(folder)
+        self._filekey = filekey
+
+    def get_fullname(self) -> Path:
+        """Full path of the file holding the data."""
+        if self.filename is None:
+            raise ValueError(f"{self!r} has no filename")
+        return Path(self.folder or ".") / self.filename
+
+    def _set_path(self, path: str | os.PathLike | None) -> Path:
+        if path is not None:
+            self.folder, self.filename = os.path.split(os.path.abspath(path))
+        return self.get_fullname()
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """The table, read from the file on first use."""
+        if self._data is None and self.filename is not None:
+            self.load()
+        return self._data
+
+    @data.setter
+    def data(self, value: pd.DataFrame) -> None:
+        self._data = value
+
+    def load(self):
+        """Read ``data`` and ``attrs`` from group ``filekey`` of the file; returns self."""
+        path = self.get_fullname()
+        try:
+            with h5py.File(path, "r") as f:
+                if self.filekey not in f:
+                    raise KeyError(f"{path}: no group {self.filekey!r}")
+                self._data, attrs = vh5.read_table(f[self.filekey])
+        except OSError as exc:
+            raise OSError(f"{path}: cannot read {self.filekey!r}: {exc}") from exc
+        self.attrs.update(attrs)
+        return self
+
+    def __repr__(self) -> str:
+        n = "?" if self._data is None else len(self._data)
+        return f"{type(self).__name__}({self.filekey!r}, {n} rows)"
+
+
+class RawPhotometry(_FileDataset):
+    """Unprocessed photometry of one source from one observatory (a group of a raw store).
+
+    ``attrs`` hold ``cat_row`` (the source's catalog row), ``obs``, ``download_params``,
+    ``download_params_hash``, ``downloaded_at`` and ``altdata``.  ``filekey`` defaults to
+    the sanitised source name.
+    """
+
+    @property
+    def filekey(self) -> str:
+        if self._filekey:
+            return self._filekey
+        name = self.attrs.get("cat_row", {}).get("name")
+        if name is None:
+            raise ValueError("RawPhotometry without filekey needs attrs['cat_row']['name']")
+        return sanitize_key(name)
+
+    @classmethod
+    def for_source(cls, cfg: dict, obs: str, cat_row: dict, data: pd.DataFrame | None = None,
+                   attrs: dict | None = None) -> "RawPhotometry":
+        """A dataset placed in the shared raw store of ``obs`` for the source's RA bin."""
+        from vo.catalog import ra_bin_of
+        from vo.paths import Paths
+
+        path = Paths(cfg).raw_photometry(obs, int(ra_bin_of(cat_row["ra"])))
+        attrs = {"cat_row": dict(cat_row), "obs": obs.upper(), **(attrs or {})}
+        return cls(data=data, attrs=attrs, filename=path.name, folder=str(path.parent))
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write (or replace) this source in its raw store (see :class:`RawStore`)."""
+        from vo.lightcurves.rawstore import RawStore
+
+        if self._data is None:
+            raise ValueError(f"{self!r}: nothing to save (data is None)")
+        path = self._set_path(path)
+        RawStore(path).write_many({self.filekey: (self._data, self.attrs)})
+        return path
+
+    def plot(self, ax=None):
+        """Magnitude (mag) against MJD (days), one colour per filter; returns the axes."""
+        import matplotlib.pyplot as plt
+
+        ax = ax if ax is not None else plt.figure().add_subplot()
+        df = self.data
+        for filt, part in df.groupby("filter", sort=True):
+            ax.errorbar(part["mjd"], part["mag"], part.get("magerr"), fmt=".", label=str(filt))
+        ax.invert_yaxis()
+        ax.set_xlabel("MJD (days)")
+        ax.set_ylabel("magnitude")
+        ax.set_title(self.filekey)
+        ax.legend()
+        return ax
+
+
+class Lightcurve(_FileDataset):
     """Reduced photometry of one source, one filter, one season.
 
     ``data`` columns: mjd (days), mag, magerr (mag), flux, fluxerr (uJy), snr, dsnr,
     filter, flag, ra, dec (deg), exptime (s), oid.  ``attrs`` hold source_name, obs,
     filter, season, reduction_number, reduction_total, cat_ra, cat_dec, cat_mag,
     flux_mean, flux_rms (uJy), err_scale, mag_mean, n_epochs, mjd_start, mjd_end.
+    In a file, the group ``filekey`` holds ``data`` and its attributes are ``attrs``.
     """
-
-    def __init__(self, data: pd.DataFrame | None = None, attrs: dict | None = None,
-                 filename: str | None = None, folder: str | None = None, filekey: str | None = None):
-        self._data = data
-        self.attrs = dict(attrs or {})
-        self.filename = filename
-        self.folder = folder
-        self._filekey = filekey
-
-    @property
-    def data(self) -> pd.DataFrame:
-        return self._data
-
-    @data.setter
-    def data(self, value: pd.DataFrame) -> None:
-        self._data = value
 
     @property
     def filekey(self) -> str:
@@ -51,3 +155,65 @@ class Lightcurve:
     def __repr__(self) -> str:
         n = 0 if self._data is None else len(self._data)
         return f"Lightcurve({self.filekey!r}, {n} epochs)"
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write (or replace) this light curve's group in its file (lock + copy-on-write)."""
+        from vo.lightcurves.rawstore import write_groups
+
+        if self._data is None:
+            raise ValueError(f"{self!r}: nothing to save (data is None)")
+        path = self._set_path(path)
+        write_groups(path, {self.filekey: (self._data, self.attrs)})
+        return path
+
+    def plot(self, ax=None):
+        """Flux (uJy) with errors against MJD (days); returns the axes."""
+        import matplotlib.pyplot as plt
+
+        ax = ax if ax is not None else plt.figure().add_subplot()
+        df = self.data
+        ax.errorbar(df["mjd"], df["flux"], df["fluxerr"], fmt=".", label=str(self.attrs.get("filter", "")))
+        mean = self.attrs.get("flux_mean")
+        if mean is not None and np.isfinite(mean):
+            ax.axhline(mean, color="grey", lw=1, ls="--")
+        ax.set_xlabel("MJD (days)")
+        ax.set_ylabel("flux (uJy)")
+        ax.set_title(self.filekey)
+        return ax
+
+
+def write_lightcurves(path: str | os.PathLike, lcs: list[Lightcurve], attrs: dict | None = None) -> None:
+    """Write all light curves of one RA bin to ``path`` in one atomic write (the file is replaced).
+
+    Groups are named by :attr:`Lightcurve.filekey`; ``attrs`` (step, provenance hash,
+    parameters, ...) become the file's root attributes, plus ``n_lightcurves``.  Each
+    light curve's ``filename``/``folder`` is set to ``path``.
+    """
+    from vo.lightcurves.rawstore import write_groups
+
+    items = {}
+    for lc in lcs:
+        if lc.filekey in items:
+            raise ValueError(f"{path}: two light curves with key {lc.filekey!r}")
+        items[lc.filekey] = (lc.data, lc.attrs)
+    write_groups(path, items, file_attrs={**(attrs or {}), "n_lightcurves": len(items)}, fresh=True)
+    for lc in lcs:
+        lc._set_path(path)
+
+
+def read_lightcurves(path: str | os.PathLike) -> list[Lightcurve]:
+    """Every light curve in ``path`` (data loaded), in the file's key order."""
+    folder, filename = os.path.split(os.path.abspath(path))
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read light curves: {exc}") from exc
+    out = []
+    with f:
+        for key in f:
+            try:
+                data, attrs = vh5.read_table(f[key])
+            except Exception as exc:  # any corruption: name the file and the key
+                raise OSError(f"{path}: cannot read light curve {key!r}: {exc}") from exc
+            out.append(Lightcurve(data=data, attrs=attrs, filename=filename, folder=folder, filekey=key))
+    return out

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pandas as pd
 
+from vo import config as vconfig
 from vo.lightcurves import reduce as vreduce
+from vo.lightcurves.datasets import RawPhotometry, sanitize_key
+from vo.lightcurves.rawstore import RawStore, utc_now
+from vo.provenance import short_hash
+
+log = logging.getLogger("vo.observatories")
+
+
+class DownloadError(RuntimeError):
+    """Some sources failed to download; ``manifest`` holds what happened to each source."""
+
+    def __init__(self, message: str, manifest: dict):
+        super().__init__(message)
+        self.manifest = manifest
 
 
 class VirtualObservatory:
@@ -33,12 +52,106 @@ class VirtualObservatory:
 
     # -- download --------------------------------------------------------------------
     def download_params(self) -> dict:
-        """Parameters that determine the raw data of a source (a change triggers a re-download)."""
-        return {k: v for k, v in self.pars.items() if k not in ("reducer", "download")}
+        """Parameters that determine the raw data of a source (a change triggers a re-download).
+
+        The observatory section's critical parameters (as the schema declares them) outside
+        ``reducer`` and ``download``; an observatory unknown to the schema uses all of them.
+        """
+        try:
+            critical = {p.key.split(".", 1)[1] for p in vconfig.section_parameters(self.name) if p.critical}
+        except vconfig.ConfigError:
+            critical = None
+        return {k: v for k, v in self.pars.items()
+                if k not in ("reducer", "download") and (critical is None or k in critical)}
+
+    def download_params_hash(self) -> str:
+        return short_hash(self.download_params())
 
     def fetch_data_from_observatory(self, cat_row: dict) -> tuple[pd.DataFrame, dict]:
         """Raw photometry table and metadata (``altdata``) of one target."""
         raise NotImplementedError
+
+    def _download_pars(self) -> dict:
+        return {"batch_size": 100, "num_threads_download": 0, "redownload": False,
+                **self.pars.get("download", {})}
+
+    def _fetch(self, cat_row: dict):
+        """(raw, altdata, None) or (None, None, error text) for one target."""
+        try:
+            raw, altdata = self.fetch_data_from_observatory(cat_row)
+            return raw, altdata, None
+        except Exception as exc:  # one failing source must not stop the others
+            log.warning("%s: fetching %s failed: %s", self.name, cat_row.get("name"), exc)
+            return None, None, f"{type(exc).__name__}: {exc}"
+
+    def download_all_sources(self, targets: pd.DataFrame, store_path, redownload: bool = False) -> dict:
+        """Fetch every target's raw photometry into the raw store at ``store_path``.
+
+        Targets already stored with the same download parameters are skipped (unless
+        ``redownload`` or ``download.redownload``).  Fetched sources are written every
+        ``download.batch_size`` sources (copy-on-write), so a kill loses at most one batch.
+        A failing source is recorded and the others continue; after the last write a
+        :class:`DownloadError` (a RuntimeError) lists the failed sources.
+
+        Returns
+        -------
+        manifest : dict with obs, store, download_params, download_params_hash and
+            sources (a list of {name, key, n_rows, status, error}, status being
+            downloaded, skipped or failed).
+        """
+        dpars = self._download_pars()
+        redownload = redownload or bool(dpars["redownload"])
+        params = self.download_params()
+        phash = short_hash(params)
+        store = RawStore(store_path)
+        stored = {} if redownload else store.index()
+        entries, todo = [], []
+        for cat_row in targets.to_dict("records"):  # one row per source: a download each
+            key = sanitize_key(cat_row["name"])
+            entry = {"name": str(cat_row["name"]), "key": key, "n_rows": 0, "status": "", "error": None}
+            entries.append(entry)
+            have = stored.get(key)
+            if have is not None and have["params_hash"] == phash:
+                entry.update(status="skipped", n_rows=have["n_rows"])
+            else:
+                todo.append((entry, cat_row))
+        batch_size = max(1, int(dpars["batch_size"]))
+        threads = int(dpars["num_threads_download"])
+        pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        try:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                rows = [cat_row for _, cat_row in batch]
+                results = list(pool.map(self._fetch, rows)) if pool else [self._fetch(r) for r in rows]
+                items = {}
+                for (entry, cat_row), (raw, altdata, error) in zip(batch, results):
+                    if error is not None:
+                        entry.update(status="failed", error=error)
+                        continue
+                    items[entry["key"]] = (raw, {"cat_row": cat_row, "download_params": params,
+                                                 "download_params_hash": phash, "obs": self.name,
+                                                 "downloaded_at": utc_now(), "altdata": altdata or {}})
+                    entry.update(status="downloaded", n_rows=int(len(raw)))
+                store.write_many(items)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        manifest = {"obs": self.name, "store": str(Path(store_path)), "download_params": params,
+                    "download_params_hash": phash, "sources": entries}
+        failed = [e for e in entries if e["status"] == "failed"]
+        if failed:
+            lines = "; ".join(f"{e['name']} ({e['error']})" for e in failed[:20])
+            more = f" and {len(failed) - 20} more" if len(failed) > 20 else ""
+            raise DownloadError(f"{self.name}: {len(failed)} of {len(entries)} sources failed to "
+                                f"download into {store_path}: {lines}{more}", manifest)
+        return manifest
+
+    def populate_sources(self, store_path) -> list[RawPhotometry]:
+        """A lazy :class:`RawPhotometry` (attributes read, data not) for every source in a store."""
+        store = RawStore(store_path)
+        path = Path(store_path)
+        return [RawPhotometry(attrs=store.attrs(key), filename=path.name, folder=str(path.parent), filekey=key)
+                for key in store.keys()]
 
     # -- reduce ----------------------------------------------------------------------
     def to_standard(self, raw: pd.DataFrame) -> pd.DataFrame:
@@ -48,3 +161,34 @@ class VirtualObservatory:
     def reduce_source(self, raw: pd.DataFrame, cat_row: dict) -> list:
         """Light curves (one per season and filter) of one target's raw photometry."""
         return vreduce.make_lightcurves(self.to_standard(raw), cat_row, self.pars["reducer"], self.name)
+
+    def reduce(self, raw, to: str = "lcs", cat_row: dict | None = None) -> list:
+        """Reduce a :class:`RawPhotometry` (its ``cat_row`` attribute is used unless given)
+        or a raw DataFrame (``cat_row`` required) to light curves (``to="lcs"``)."""
+        if to != "lcs":
+            raise ValueError(f"reduce: unknown product {to!r}; only 'lcs' (light curves) exists")
+        if isinstance(raw, RawPhotometry):
+            cat_row = cat_row if cat_row is not None else raw.attrs.get("cat_row")
+            raw = raw.data
+        if cat_row is None:
+            raise ValueError("reduce: give cat_row (the target's catalog row) with a raw DataFrame")
+        return self.reduce_source(raw, cat_row)
+
+    def reduce_store(self, store_path, targets: pd.DataFrame) -> list:
+        """Light curves of every target found in the raw store (file opened once).
+
+        The targets' rows (positions at the observation epoch) are the ``cat_row`` of the
+        reduction; a target missing from the store is skipped with a warning.
+        """
+        by_key = {sanitize_key(r["name"]): r for r in targets.to_dict("records")}
+        lcs, missing = [], []
+        for key, raw, _attrs in RawStore(store_path).read_many(list(by_key)):
+            if raw is None:
+                missing.append(by_key[key]["name"])
+                continue
+            lcs.extend(self.reduce_source(raw, by_key[key]))
+        if missing:
+            warnings.warn(f"{store_path}: {len(missing)} targets have no raw photometry "
+                          f"(skipped): {', '.join(map(str, missing[:10]))}"
+                          f"{' ...' if len(missing) > 10 else ''}", stacklevel=2)
+        return lcs

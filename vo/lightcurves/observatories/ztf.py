@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 #: Version of the ZTF download/reduce code (bump when the raw table or the mapping changes).
 CODE_VERSION = "1"
 
-#: Columns of IRSA's ZTF light-curve CSV, in IRSA's order.
-IRSA_COLUMNS = ["oid", "expid", "hjd", "mjd", "mag", "magerr", "catflags", "filtercode", "ra",
-                "dec", "chi", "sharp", "filefracday", "field", "ccdid", "qid", "limitmag", "magzp",
-                "magzprms", "clrcoeff", "clrcounc", "exptime", "airmass", "programid"]
 #: Columns the reducer needs; an IRSA answer without one of them is an error.
 REQUIRED_COLUMNS = ["oid", "mjd", "mag", "magerr", "catflags", "filtercode", "ra", "dec"]
 #: Columns of the raw table made from the bulk parquet files (IRSA names, IRSA order).
@@ -156,7 +152,7 @@ def public_url(url: str, params: dict | None = None) -> str:
 def irsa_params(ra: float, dec: float, radius_arcsec: float, bad_catflags_mask: int | None = None,
                 data_release: str | None = None) -> dict:
     """Query parameters of IRSA's ZTF light-curve service for a cone (radius in arcsec)."""
-    params = {"POS": f"CIRCLE {ra:.7f} {dec:.7f} {radius_arcsec / 3600.0:.7f}", "FORMAT": "CSV"}
+    params = {"POS": f"CIRCLE {ra:.8f} {dec:.8f} {radius_arcsec / 3600.0:.10g}", "FORMAT": "CSV"}
     if bad_catflags_mask is not None:
         params["BAD_CATFLAGS_MASK"] = str(int(bad_catflags_mask))
     if data_release:
@@ -224,7 +220,7 @@ class IRSAClient:
         return session
 
     def _scrub(self, text: str) -> str:
-        """``text`` with the password (should a server echo it) replaced by ``***``."""
+        """Error text with the password (should a server echo it) replaced by ``***``."""
         if self._auth and self._auth[1]:
             text = text.replace(self._auth[1], "***")
         return text
@@ -235,9 +231,9 @@ class IRSAClient:
         attempts = self.retries + 1
         for attempt in range(attempts):
             self.limiter.wait()
-            problem, retry_after = self._attempt(params, where)
+            text, problem, retry_after = self._attempt(params, where)
             if problem is None:
-                return self._last_text
+                return text
             if attempt + 1 < attempts:
                 wait = max(self.backoff * 2.0 ** attempt, retry_after)
                 log.warning("ZTF query %s failed (%s); retry %d of %d in %.2f s",
@@ -245,14 +241,14 @@ class IRSAClient:
                 time.sleep(wait)
         raise ZTFError(f"ZTF query {where} failed after {attempts} attempt(s): {problem}")
 
-    def _attempt(self, params: dict, where: str) -> tuple[str | None, float]:
-        """One request: (None, 0) on success (body in ``_last_text``), else (problem, retry-after)."""
+    def _attempt(self, params: dict, where: str) -> tuple[str | None, str | None, float]:
+        """One request: (body, None, 0) on success, else (None, problem, Retry-After in s)."""
         try:
             resp = self._session().get(self.url, params=params, timeout=self.timeout)
         except requests.Timeout:
-            return f"timed out after {self.timeout:g} s", 0.0
+            return None, f"timed out after {self.timeout:g} s", 0.0
         except requests.ConnectionError as exc:
-            return self._scrub(f"connection error: {type(exc).__name__}"), 0.0
+            return None, f"connection error ({type(exc).__name__})", 0.0
         code = resp.status_code
         if code in (401, 403):
             who = "no credentials were given" if self._auth is None else "the credentials were refused"
@@ -260,17 +256,11 @@ class IRSAClient:
                 f"ZTF query {where}: HTTP {code} ({who}); set ZTF_USERNAME/ZTF_PASSWORD or "
                 "ZTF.credentials_file")
         if code == 429 or code >= 500:
-            retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
-            return f"HTTP {code} {resp.reason}", retry_after
+            return None, f"HTTP {code} {resp.reason}", _retry_after_seconds(resp.headers.get("Retry-After"))
         if code >= 400:
             raise ZTFError(f"ZTF query {where}: HTTP {code} {resp.reason}: "
                            f"{self._scrub(_snippet(resp.text))}")
-        self._local.text = resp.text
-        return None, 0.0
-
-    @property
-    def _last_text(self) -> str:
-        return self._local.text
+        return resp.text, None, 0.0
 
     def query(self, ra: float, dec: float, radius_arcsec: float, bad_catflags_mask: int | None = None,
               data_release: str | None = None) -> tuple[pd.DataFrame, dict]:
@@ -279,7 +269,10 @@ class IRSAClient:
         where = public_url(self.url, params)
         log.info("ZTF query %s", where)
         text = self.get(params)
-        table = parse_irsa_csv(self._scrub(text), where)
+        try:
+            table = parse_irsa_csv(text, where)
+        except ZTFError as exc:  # the message quotes the answer: never let it show the password
+            raise ZTFError(self._scrub(str(exc))) from None
         meta = {"mode": "api", "url": where, "params": params,
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "nrows": int(len(table)), "radius_arcsec": float(radius_arcsec)}

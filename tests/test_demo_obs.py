@@ -1,0 +1,240 @@
+"""The simulated DEMO survey and the base observatory's download/reduce logic."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from vo import config as vconfig
+from vo.catalog import Catalog
+from vo.io import hdf5 as vh5
+from vo.lightcurves.datasets import RawPhotometry, sanitize_key
+from vo.lightcurves.observatories import get_observatory
+from vo.lightcurves.observatories.base import DownloadError
+from vo.lightcurves.observatories.demo import VirtualDemoObs, expected_snr, magnitude_error
+from vo.lightcurves.reduce import STANDARD_COLUMNS, angular_offset_arcsec
+from vo.provenance import short_hash
+
+
+def make_obs(tmp_path=None, **demo) -> VirtualDemoObs:
+    overrides = {"DEMO": demo}
+    if tmp_path is not None:
+        overrides["project"] = {"data_root": str(tmp_path)}
+    return VirtualDemoObs.from_config(vconfig.load_config(overrides=overrides))
+
+
+def cat_row(name="DEMO_J100.5000+20.0000", mag=17.0, ra=100.5, dec=20.0) -> dict:
+    return {"name": name, "ra": ra, "dec": dec, "mag": mag}
+
+
+@pytest.fixture(scope="module")
+def targets() -> pd.DataFrame:
+    cat = Catalog("demo").load()
+    return cat.targets_in_bin(cat.ra_bins()[0]).head(8)
+
+
+def target_rows(raw: pd.DataFrame, altdata: dict) -> pd.DataFrame:
+    return raw.loc[raw["oid"].isin(list(altdata["oid"].values()))]
+
+
+def test_determinism():
+    a, alt_a = make_obs().fetch_data_from_observatory(cat_row())
+    b, alt_b = make_obs().fetch_data_from_observatory(cat_row())
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert alt_a == alt_b
+    c, _ = make_obs(seed=43).fetch_data_from_observatory(cat_row())
+    d, _ = make_obs().fetch_data_from_observatory(cat_row(name="another"))
+    for other in (c, d):
+        assert len(other) != len(a) or not np.allclose(other["mag"], a["mag"])
+    assert list(a.columns) == STANDARD_COLUMNS
+    assert a["mjd"].is_monotonic_increasing and (a["exptime"] == 30.0).all()
+
+
+def test_noise_model():
+    assert expected_snr(20.5, 20.5) == pytest.approx(5.0)
+    err = magnitude_error(np.array([12.0, 16.0, 19.0, 20.5]), 20.5, 0.01)
+    assert np.all(np.diff(err) > 0)
+    assert err[0] == pytest.approx(0.01, rel=0.05)  # bright: the systematic floor
+    assert err[-1] == pytest.approx(np.hypot(2.5 / np.log(10) / 5, 0.01))
+    assert magnitude_error(19.0, 20.5, 0.0, sky_scale=2.0) > magnitude_error(19.0, 20.5, 0.0)
+
+
+def test_scatter_matches_errors_and_truth():
+    obs = make_obs(flag_fraction=0.05)
+    chi2, dof = 0.0, 0
+    for i, mag in enumerate([13.0, 15.5, 17.0, 18.5, 19.5, 20.0]):
+        raw, alt = obs.fetch_data_from_observatory(cat_row(name=f"star{i}", mag=mag))
+        good = target_rows(raw, alt).query("flag == 0")
+        for filt, part in good.groupby("filter"):
+            resid = part["mag"] - part["mag"].mean()
+            chi2 += float(((resid / part["magerr"]) ** 2).sum())
+            dof += len(part) - 1
+            true = alt["true_mag"][filt]
+            mean_err = np.sqrt((part["magerr"] ** 2).sum()) / len(part)
+            assert abs(part["mag"].mean() - true) < 5 * mean_err
+            assert abs(true - mag) < 0.6  # colours are modest
+    assert dof > 2000
+    assert abs(chi2 / dof - 1) < 4 * np.sqrt(2.0 / dof)  # 4 sigma of the chi2 distribution
+
+
+def test_flag_and_outlier_fractions():
+    obs = make_obs(flag_fraction=0.2, outlier_fraction=0.5)
+    flagged = total = outliers = 0
+    for i in range(4):
+        raw, alt = obs.fetch_data_from_observatory(cat_row(name=f"f{i}", mag=16.0))
+        own = target_rows(raw, alt)
+        true = own["filter"].map(alt["true_mag"]).to_numpy()
+        dev = np.abs(own["mag"].to_numpy() - true)
+        bad = own["flag"].to_numpy() != 0
+        flagged += int(bad.sum())
+        total += len(own)
+        outliers += int((dev[bad] > 0.45).sum())
+        assert np.all(dev[~bad] < 6 * own["magerr"].to_numpy()[~bad])  # no outliers among good points
+    frac = flagged / total
+    assert abs(frac - 0.2) < 4 * np.sqrt(0.2 * 0.8 / total)
+    assert abs(outliers / flagged - 0.5) < 4 * np.sqrt(0.25 / flagged)
+
+
+@pytest.mark.parametrize("demo, n_lcs", [({}, 9), ({"n_seasons": 2, "filters": ["g", "r"]}, 4),
+                                         ({"n_seasons": 4, "filters": ["r"]}, 4)])
+def test_seasons_give_one_lightcurve_per_season_and_filter(targets, demo, n_lcs):
+    obs = make_obs(**demo)
+    for row in targets.head(4).to_dict("records"):
+        raw, alt = obs.fetch_data_from_observatory(row)
+        lcs = obs.reduce(raw, cat_row=row)
+        assert len(lcs) == n_lcs, row["name"]
+        seasons = sorted({(lc.attrs["season"], lc.attrs["filter"]) for lc in lcs})
+        assert len(seasons) == n_lcs
+        for lc in lcs:
+            assert abs(lc.attrs["mag_mean"] - alt["true_mag"][lc.attrs["filter"]]) < 0.05
+
+
+def test_neighbours_are_outside_the_radius_and_cut():
+    obs = make_obs()
+    for i in range(40):
+        row = cat_row(name=f"crowded{i}")
+        raw, alt = obs.fetch_data_from_observatory(row)
+        if alt["neighbours"]:
+            break
+    else:
+        pytest.fail("no neighbour among 40 sources")
+    n_oids = set(alt["neighbours"][0]["oid"].values())
+    theirs = raw.loc[raw["oid"].isin(n_oids)]
+    assert len(theirs) > 50
+    off = angular_offset_arcsec(theirs["ra"], theirs["dec"], row["ra"], row["dec"])
+    assert off.min() > 3.0
+    lcs = obs.reduce(raw, cat_row=row)
+    assert not any(set(lc.data["oid"]) & n_oids for lc in lcs)
+    wide = make_obs(reducer={"radius": 30.0, "mag_range": None})
+    assert any(set(lc.data["oid"]) & n_oids for lc in wide.reduce(raw, cat_row=row))
+
+
+def test_download_all_sources_store_skip_and_redownload(tmp_path, targets):
+    obs = make_obs(tmp_path, download={"batch_size": 3})
+    store = tmp_path / "DEMO" / "DEMO_photometry_RA028.h5"
+    manifest = obs.download_all_sources(targets, store)
+    names = list(targets["name"])
+    assert [s["status"] for s in manifest["sources"]] == ["downloaded"] * len(names)
+    assert manifest["download_params_hash"] == short_hash(manifest["download_params"])
+    assert "reducer" not in manifest["download_params"] and manifest["download_params"]["exptime"] == 30.0
+    with h5py.File(store, "r") as f:
+        assert sorted(f) == sorted(sanitize_key(n) for n in names)
+        grp = f[sanitize_key(names[0])]
+        attrs = vh5.read_attrs(grp)
+        assert attrs["cat_row"]["name"] == names[0] and attrs["obs"] == "DEMO"
+        assert attrs["download_params_hash"] == manifest["download_params_hash"]
+        assert attrs["altdata"]["simulated"] and "downloaded_at" in attrs
+        assert grp["mag"].shape[0] == manifest["sources"][0]["n_rows"] > 100
+    again = obs.download_all_sources(targets, store)
+    assert {s["status"] for s in again["sources"]} == {"skipped"}
+    assert [s["n_rows"] for s in again["sources"]] == [s["n_rows"] for s in manifest["sources"]]
+    # a non-critical parameter does not trigger a download; a critical one does
+    same = make_obs(tmp_path, download={"batch_size": 1, "num_threads_download": 2})
+    assert {s["status"] for s in same.download_all_sources(targets, store)["sources"]} == {"skipped"}
+    longer = make_obs(tmp_path, exptime=60.0)
+    redone = longer.download_all_sources(targets, store)
+    assert {s["status"] for s in redone["sources"]} == {"downloaded"}
+    with h5py.File(store, "r") as f:
+        raw, attrs = vh5.read_table(f[sanitize_key(names[1])])
+    assert (raw["exptime"] == 60.0).all() and attrs["download_params"]["exptime"] == 60.0
+    forced = longer.download_all_sources(targets.head(2), store, redownload=True)
+    assert {s["status"] for s in forced["sources"]} == {"downloaded"}
+
+
+def test_threads_give_the_same_data(tmp_path, targets):
+    serial = make_obs(tmp_path / "a").download_all_sources(targets, tmp_path / "a.h5")
+    threaded = make_obs(tmp_path / "b", download={"num_threads_download": 3, "batch_size": 2}) \
+        .download_all_sources(targets, tmp_path / "b.h5")
+    assert [s["n_rows"] for s in serial["sources"]] == [s["n_rows"] for s in threaded["sources"]]
+    with h5py.File(tmp_path / "a.h5") as fa, h5py.File(tmp_path / "b.h5") as fb:
+        for key in fa:
+            np.testing.assert_array_equal(fa[key]["mag"][...], fb[key]["mag"][...])
+
+
+class FailingObs(VirtualDemoObs):
+    fail = ()
+
+    def fetch_data_from_observatory(self, cat_row):
+        if cat_row["name"] in self.fail:
+            raise ConnectionError(f"server said no to {cat_row['name']}")
+        return super().fetch_data_from_observatory(cat_row)
+
+
+def test_failing_source_stores_the_others_and_raises(tmp_path, targets):
+    obs = FailingObs(make_obs().pars)
+    bad = targets["name"].iloc[2]
+    obs.fail = (bad,)
+    store = tmp_path / "s.h5"
+    with pytest.raises(RuntimeError) as err:
+        obs.download_all_sources(targets, store)
+    assert bad in str(err.value) and "server said no" in str(err.value)
+    manifest = err.value.manifest
+    assert isinstance(err.value, DownloadError)
+    assert [s["status"] for s in manifest["sources"]].count("failed") == 1
+    with h5py.File(store) as f:
+        assert sorted(f) == sorted(sanitize_key(n) for n in targets["name"] if n != bad)
+    obs.fail = ()
+    retry = obs.download_all_sources(targets, store)  # only the failed one is fetched again
+    statuses = {s["name"]: s["status"] for s in retry["sources"]}
+    assert statuses[bad] == "downloaded" and list(statuses.values()).count("skipped") == len(targets) - 1
+
+
+class KilledObs(VirtualDemoObs):
+    kill_at = None
+
+    def fetch_data_from_observatory(self, cat_row):
+        if cat_row["name"] == self.kill_at:
+            raise KeyboardInterrupt("killed")  # not an Exception: stops the download like a kill
+        return super().fetch_data_from_observatory(cat_row)
+
+
+def test_interrupted_download_keeps_flushed_batches(tmp_path, targets):
+    obs = KilledObs(make_obs(download={"batch_size": 2}).pars)
+    obs.kill_at = targets["name"].iloc[5]
+    store = tmp_path / "s.h5"
+    with pytest.raises(KeyboardInterrupt):
+        obs.download_all_sources(targets, store)
+    with h5py.File(store) as f:  # batches [0, 1] and [2, 3] were flushed; [4, 5] was lost
+        assert sorted(f) == sorted(sanitize_key(n) for n in targets["name"].iloc[:4])
+
+
+def test_reduce_raw_photometry_and_store(tmp_path, targets):
+    obs = get_observatory("DEMO", vconfig.load_config(overrides={"project": {"data_root": str(tmp_path)}}))
+    store = tmp_path / "s.h5"
+    obs.download_all_sources(targets.head(3), store)
+    sources = obs.populate_sources(store)
+    assert len(sources) == 3 and all(isinstance(s, RawPhotometry) for s in sources)
+    first = next(s for s in sources if s.filekey == sanitize_key(targets["name"].iloc[0]))
+    lcs = obs.reduce(first, to="lcs")  # cat_row from the stored attributes
+    assert len(lcs) == 9 and lcs[0].attrs["source_name"] == targets["name"].iloc[0]
+    with pytest.raises(ValueError, match="cat_row"):
+        obs.reduce(first.data)
+    with pytest.raises(ValueError, match="only 'lcs'"):
+        obs.reduce(first, to="images")
+    with pytest.warns(UserWarning, match="1 targets have no raw photometry"):
+        all_lcs = obs.reduce_store(store, targets.head(4))
+    assert len(all_lcs) == 27
+    assert {lc.attrs["source_name"] for lc in all_lcs} == set(targets["name"].iloc[:3])
+    assert len({lc.filekey for lc in all_lcs}) == 27
