@@ -79,7 +79,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 def validate(cfg: dict, source: str = "<config>", schema: dict | None = None) -> None:
     """Raise :class:`ConfigError` naming ``source`` and the key for the first problem found."""
     schema = load_schema() if schema is None else schema
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if not errors:
         return

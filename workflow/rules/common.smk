@@ -2,10 +2,8 @@
 # Every path comes from vo.paths / vo.workflow, the same code the scripts use.
 import sys
 
+# the Snakefile imports vo from this checkout; rule scripts need it installed (pip install -e .)
 sys.path.insert(0, os.path.abspath(os.path.join(workflow.basedir, "..")))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [os.path.abspath(os.path.join(workflow.basedir, "..")), os.environ.get("PYTHONPATH", "")]
-)
 
 from vo import config as vconfig
 from vo import provenance as vprov
@@ -45,11 +43,13 @@ def io(step, part, key=None):
 
 
 def log_path(rule_name, *names):
-    return P.log(rule_name, *("{%s}" % n for n in names))
+    """Log file of a job: named by its wildcards (``vc`` keeps hashed runs apart)."""
+    return P.log(rule_name, *("{%s}" % n for n in names)).replace("_{vc}", "{vc}")
 
 
 def bench_path(rule_name, *names):
-    return P.benchmark(rule_name, *("{%s}" % n for n in names))
+    """Benchmark file of a job, named like its log."""
+    return P.benchmark(rule_name, *("{%s}" % n for n in names)).replace("_{vc}", "{vc}")
 
 
 def mem(base_mb):

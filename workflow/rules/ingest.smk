@@ -7,11 +7,13 @@ rule ingest:
     output:
         receipt=P.pattern("ingest"),
     log:
-        log_path("ingest", "obs", "ra_bin"),
+        log_path("ingest", "obs", "ra_bin", "vc"),
     benchmark:
-        bench_path("ingest", "obs", "ra_bin")
+        bench_path("ingest", "obs", "ra_bin", "vc")
     resources:
         mem_mb=mem(1000),
         runtime=runtime(20),
+    conda:
+        "../../environment.yml"
     script:
         "../../scripts/ingest.py"

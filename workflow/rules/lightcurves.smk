@@ -10,6 +10,8 @@ rule run_config:
     log:
         P.log("run_config"),
     localrule: True
+    conda:
+        "../../environment.yml"
     script:
         "../../scripts/run_config.py"
 
@@ -24,6 +26,8 @@ rule targets:
     resources:
         mem_mb=mem(2000),
         runtime=runtime(10),
+    conda:
+        "../../environment.yml"
     script:
         "../../scripts/targets.py"
 
@@ -34,13 +38,15 @@ rule download:
     output:
         manifest=P.pattern("download"),
     log:
-        log_path("download", "obs", "ra_bin"),
+        log_path("download", "obs", "ra_bin", "vc"),
     benchmark:
-        bench_path("download", "obs", "ra_bin")
+        bench_path("download", "obs", "ra_bin", "vc")
     resources:
         mem_mb=mem(1000),
         runtime=runtime(120),
     retries: 1
+    conda:
+        "../../environment.yml"
     script:
         "../../scripts/download.py"
 
@@ -51,12 +57,14 @@ rule reduce:
     output:
         reduced=P.pattern("reduce"),
     log:
-        log_path("reduce", "obs", "ra_bin"),
+        log_path("reduce", "obs", "ra_bin", "vc"),
     benchmark:
-        bench_path("reduce", "obs", "ra_bin")
+        bench_path("reduce", "obs", "ra_bin", "vc")
     resources:
         mem_mb=mem(2000),
         runtime=runtime(30),
+    conda:
+        "../../environment.yml"
     script:
         "../../scripts/reduce.py"
 
@@ -68,12 +76,14 @@ rule analysis:
         analysis=P.pattern("analysis"),
         histograms=P.pattern("histograms"),
     log:
-        log_path("analysis", "obs", "ra_bin"),
+        log_path("analysis", "obs", "ra_bin", "vc"),
     benchmark:
-        bench_path("analysis", "obs", "ra_bin")
+        bench_path("analysis", "obs", "ra_bin", "vc")
     resources:
         mem_mb=mem(2000),
         runtime=runtime(30),
+    conda:
+        "../../environment.yml"
     script:
         "../../scripts/analysis.py"
 
@@ -85,12 +95,14 @@ rule combine:
         histograms=P.pattern("combine"),
         efficiency=P.pattern("efficiency"),
     log:
-        log_path("combine", "obs"),
+        log_path("combine", "obs", "vc"),
     benchmark:
-        bench_path("combine", "obs")
+        bench_path("combine", "obs", "vc")
     resources:
         mem_mb=mem(2000),
         runtime=runtime(10),
+    conda:
+        "../../environment.yml"
     script:
         "../../scripts/combine.py"
 
@@ -112,9 +124,11 @@ rule plots:
             subcategory="{obs}",
         ),
     log:
-        log_path("plots", "obs"),
+        log_path("plots", "obs", "vc"),
     resources:
         mem_mb=mem(2000),
         runtime=runtime(10),
+    conda:
+        "../../environment.yml"
     script:
         "../../scripts/plots.py"
