@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +27,12 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict:
+    """The parsed schema (read once per process; treat it as read-only)."""
+    return _schema()
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict:
     with open(SCHEMA_PATH) as f:
         return yaml.safe_load(f)
 
@@ -155,13 +162,14 @@ def get(cfg: dict, dotted: str) -> Any:
     return node
 
 
-def section_parameters(section: str) -> list[Parameter]:
+@lru_cache(maxsize=None)
+def section_parameters(section: str) -> tuple[Parameter, ...]:
     """Parameters of one section (a step), e.g. ``"analysis"`` or ``"ZTF.reducer"``."""
     params = [p for p in iter_parameters() if p.key == section or p.key.startswith(section + ".")]
     if not params:
         sections = sorted({p.key.split(".")[0] for p in iter_parameters()})
         raise ConfigError(f"no config section {section!r}; sections are {', '.join(sections)}")
-    return params
+    return tuple(params)
 
 
 def critical_subset(cfg: dict, section: str) -> dict:

@@ -44,7 +44,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 def rule_main(step: str, doc: str, snakemake=None, argv: list[str] | None = None) -> None:
     """Run rule ``step`` from Snakemake or from the command line."""
-    func = getattr(workflow, f"run_{step}")
+    func = getattr(workflow, step if step.startswith("run_") else f"run_{step}")
     if snakemake is not None:
         _setup_logging(snakemake.log[0] if len(snakemake.log) else None)
         cfg = vconfig.complete(dict(snakemake.config), "snakemake config")

@@ -138,13 +138,13 @@ def run_analysis(cfg: dict, obs: str, ra_bin, inputs: dict, outputs: dict) -> No
 
 def run_combine(cfg: dict, obs: str, inputs: dict, outputs: dict) -> None:
     """Sum the per-bin histograms and efficiency counts; write the efficiency table."""
-    from vo.lightcurves import histograms, simulator
+    from vo.lightcurves import histograms
 
     ds = histograms.combine(inputs["histograms"])
     attrs = _file_attrs(cfg, "combine", obs)
     ds.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in attrs.items()})
     histograms.write_netcdf(ds, outputs["histograms"])
-    table = simulator.efficiency_table(ds)
+    table = histograms.efficiency_table(ds)
     with atomic_path(outputs["efficiency"]) as tmp:
         table.to_csv(tmp, index=False)
     log.info("%s: combined %d bins; efficiency table with %d rows", obs,

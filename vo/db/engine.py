@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import sqlite3
+import time
+from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
@@ -89,8 +93,8 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        _set_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -99,6 +103,21 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn):
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _set_wal(cur) -> None:
+    """Switch to WAL (persistent in the file).  The switch needs an exclusive lock and SQLite
+    does not use the busy handler for it, so jobs opening a new database at the same moment
+    retry here until the first one has done it."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")  # in-memory databases answer "memory"
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 def write_engine(engine: Engine) -> Engine:
@@ -120,7 +139,6 @@ def engine_from_config(cfg: dict) -> Engine:
     """Engine of a config; creates the data root for the default SQLite file."""
     url = url_from_config(cfg)
     if url.startswith("sqlite:///"):
-        from pathlib import Path
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return get_engine(url, echo=bool(cfg.get("database", {}).get("echo", False)))
 

@@ -1,0 +1,18 @@
+"""The database: an index of the product files (SQLAlchemy 2.0; SQLite or PostgreSQL).
+
+    import sqlalchemy as sa
+    from vo.db import Session, Source, get_engine
+
+    engine = get_engine("sqlite:///data/vo.sqlite")
+    with Session(engine) as session:
+        source = session.scalars(sa.select(Source).where(Source.name == "J123.1-32.13")).first()
+"""
+
+from vo.db.engine import Session, engine_from_config, get_engine, init_db, url_from_config, write_engine
+from vo.db.models import (Base, Detection, Lightcurve, Provenance, RawPhotometry, Source,
+                          healpix_index)
+from vo.db.spatial import cone_search
+
+__all__ = ["Base", "Detection", "Lightcurve", "Provenance", "RawPhotometry", "Session", "Source",
+           "cone_search", "engine_from_config", "get_engine", "healpix_index", "init_db",
+           "url_from_config", "write_engine"]

@@ -1,0 +1,482 @@
+"""Ingest products into the database: idempotent, transactional, safe in parallel.
+
+* Idempotent: every table is written with ``INSERT ... ON CONFLICT`` on its natural key
+  (:data:`vo.db.models.NATURAL_KEYS`); rows that exist are left alone (provenances) or
+  updated only where a value changed.  Ingesting twice changes nothing.
+* Transactional: the ``ingest_*`` functions never commit; the file-level entry points run
+  one transaction per input file (all its rows or none).
+* Parallel: conflicting inserts from other jobs wait for them and then do nothing (or
+  update); rows are sorted by natural key so that concurrent jobs lock them in the same
+  order (no deadlocks on PostgreSQL).  SQLite writers take the lock at ``BEGIN IMMEDIATE``
+  and queue behind the busy timeout.
+* Bulk: rows go to the database in executemany batches of ``batch_size``, never one ORM
+  object per row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+import yaml
+
+from vo import provenance as vprov
+from vo.db import models as m
+from vo.db.engine import Session, init_db, write_engine
+from vo.io.atomic import checksum
+
+#: Version of the ingest code (enters the ``ingest`` provenance hash).
+CODE_VERSION = "1"
+DEFAULT_BATCH = 5000
+#: Manifest statuses whose raw data is not in the store.
+_NOT_STORED = {"failed"}
+
+log = logging.getLogger("vo.db.ingest")
+
+
+class IngestError(ValueError):
+    """Products that cannot be ingested; the message names the file or the rows."""
+
+
+# -- generic upsert ---------------------------------------------------------------------
+def _insert(session, table: sa.Table):
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"ingest supports SQLite and PostgreSQL, not {dialect}")
+    return insert(table)
+
+
+def upsert(session, model, rows: list[dict], update: Iterable[str] = (),
+           batch_size: int = DEFAULT_BATCH) -> int:
+    """Insert ``rows`` into ``model``'s table; on a natural-key conflict update ``update``
+    columns (only where they differ) or, with no ``update`` columns, do nothing.
+
+    Returns the number of rows given.
+    """
+    if not rows:
+        return 0
+    table = model.__table__
+    key = m.NATURAL_KEYS[table.name]
+    seen = {}
+    for row in rows:
+        k = tuple(row[c] for c in key)
+        if k in seen:
+            raise IngestError(f"{table.name}: two rows with the same {key} = {k}")
+        seen[k] = row
+    rows = [seen[k] for k in sorted(seen)]  # one lock order for every concurrent job
+    stmt = _insert(session, table)
+    update = list(update)
+    if update:
+        changed = sa.or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in update))
+        stmt = stmt.on_conflict_do_update(index_elements=list(key),
+                                          set_={c: stmt.excluded[c] for c in update}, where=changed)
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+    for i in range(0, len(rows), batch_size):
+        session.execute(stmt, rows[i:i + batch_size])
+    return len(rows)
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    """Rows of ``df`` as dicts of plain Python values, NaN as None."""
+    return df.astype(object).where(pd.notna(df), None).to_dict("records")
+
+
+def _relative(path, data_root) -> str:
+    path = Path(path).resolve()
+    root = Path(data_root).resolve()
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        raise IngestError(f"{path}: not under the data root {root}") from None
+
+
+def _chunks(values: list, n: int = 900):
+    for i in range(0, len(values), n):
+        yield values[i:i + n]
+
+
+# -- lookups ----------------------------------------------------------------------------
+def source_ids(session, project: str, names: Iterable[str], what: str = "") -> dict[str, int]:
+    """``{name: id}`` of the project's sources; raises naming the sources not in the database."""
+    names = sorted({str(n) for n in names})
+    out = {}
+    for chunk in _chunks(names):
+        out.update(session.execute(sa.select(m.Source.name, m.Source.id).where(
+            m.Source.project == project, m.Source.name.in_(chunk))).tuples().all())
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise IngestError(f"{what}: {len(missing)} source(s) of project {project} are not in the "
+                          f"database (ingest the targets first): {', '.join(missing[:10])}")
+    return out
+
+
+def provenance_id(session, step: str, obs: str | None, hash_: str, what: str = "") -> int:
+    """Id of a provenance row; raises if it was not ingested."""
+    pid = session.scalar(sa.select(m.Provenance.id).where(
+        m.Provenance.step == step, m.Provenance.obs == (obs or ""), m.Provenance.hash == hash_))
+    if pid is None:
+        raise IngestError(f"{what}: provenance {step}.{obs or '-'} {hash_} is not in the database "
+                          "(ingest the provenances first)")
+    return pid
+
+
+# -- in-memory objects -> rows ------------------------------------------------------------
+def ingest_provenances(session, provenances: Iterable[vprov.Provenance],
+                       git_commit: str | None = None) -> dict[str, int]:
+    """Add provenances (existing ones are kept as they are); returns ``{key: hash}``."""
+    provenances = list(provenances)
+    rows = [{"step": p.step, "obs": p.obs or "", "hash": p.hash, "code_version": str(p.code_version),
+             "parameters": p.parameters, "upstreams": p.upstreams, "git_commit": git_commit}
+            for p in provenances]
+    upsert(session, m.Provenance, rows)
+    return {p.key: p.hash for p in provenances}
+
+
+def ingest_sources(session, targets_df: pd.DataFrame, project: str,
+                   batch_size: int = DEFAULT_BATCH) -> int:
+    """Add or update the project's sources from a targets table (columns name, ra, dec
+    in deg, optionally mag; every column goes to ``cat_row``).  Returns the row count."""
+    missing = [c for c in ("name", "ra", "dec") if c not in targets_df]
+    if missing:
+        raise IngestError(f"targets table lacks column(s) {missing}; has {list(targets_df.columns)}")
+    if targets_df.empty:
+        return 0
+    ra = targets_df["ra"].to_numpy(dtype=float)
+    dec = targets_df["dec"].to_numpy(dtype=float)
+    bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
+    if bad.any():
+        raise IngestError(f"targets with invalid ra/dec: {list(targets_df['name'][bad][:10])}")
+    mag = (targets_df["mag"].to_numpy(dtype=float) if "mag" in targets_df
+           else np.full(len(targets_df), np.nan))
+    hp = m.healpix_index(ra, dec)
+    cat_rows = _records(targets_df)
+    rows = [{"name": str(name), "project": project, "ra": float(r), "dec": float(d),
+             "mag": float(g) if np.isfinite(g) else None, "healpix": int(h), "cat_row": row}
+            for name, r, d, g, h, row in zip(targets_df["name"], ra % 360.0, dec, mag, hp, cat_rows)]
+    return upsert(session, m.Source, rows, update=("ra", "dec", "mag", "healpix", "cat_row"),
+                  batch_size=batch_size)
+
+
+def ingest_raw(session, manifest: dict, data_root, project: str,
+               batch_size: int = DEFAULT_BATCH) -> int:
+    """Add or update raw-photometry rows from a download manifest.
+
+    ``manifest``: {"obs", "store" (raw store path, absolute or relative to ``data_root``),
+    "download_params_hash", "sources": [{"name", "key", "n_rows", "status", "error"}]}.
+    Sources whose download failed are skipped.  Returns the number of rows.
+    """
+    try:
+        obs, store = manifest["obs"], Path(manifest["store"])
+        entries = manifest["sources"]
+    except KeyError as exc:
+        raise IngestError(f"manifest lacks key {exc}") from None
+    store = store if store.is_absolute() else Path(data_root) / store
+    entries = [e for e in entries if e.get("status") not in _NOT_STORED and not e.get("error")]
+    if not entries:
+        return 0
+    filename = _relative(store, data_root)
+    digest = checksum(store)
+    ids = source_ids(session, project, (e["name"] for e in entries), f"manifest of {store}")
+    rows = [{"source_id": ids[str(e["name"])], "obs": obs, "filename": filename, "filekey": e["key"],
+             "checksum": digest, "n_rows": int(e.get("n_rows") or 0),
+             "download_params_hash": manifest.get("download_params_hash")} for e in entries]
+    return upsert(session, m.RawPhotometry, rows,
+                  update=("filename", "filekey", "checksum", "n_rows", "download_params_hash"),
+                  batch_size=batch_size)
+
+
+_LC_STATS = ("filter", "season", "reduction_number", "reduction_total", "n_epochs", "flux_mean",
+             "flux_rms", "mag_mean", "mjd_start", "mjd_end")
+
+
+def _number(value):
+    if value is None:
+        return None
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def ingest_lightcurves(session, lcs: list, file_path, data_root, provenance_hash: str, project: str,
+                       batch_size: int = DEFAULT_BATCH) -> int:
+    """Add or update the rows of the light curves stored in ``file_path`` (one reduced file).
+
+    Each light curve's ``attrs`` give source_name, obs, filter, season, reduction_number,
+    reduction_total, n_epochs, flux_mean, flux_rms (uJy), mag_mean, mjd_start, mjd_end.
+    Returns the number of rows.
+    """
+    if not lcs:
+        return 0
+    filename = _relative(file_path, data_root)
+    digest = checksum(file_path)
+    try:
+        names = [str(lc.attrs["source_name"]) for lc in lcs]
+        obs_list = sorted({str(lc.attrs["obs"]) for lc in lcs})
+    except KeyError as exc:
+        raise IngestError(f"{file_path}: a light curve has no attribute {exc}") from None
+    ids = source_ids(session, project, names, str(file_path))
+    prov = {o: provenance_id(session, "reduce", o, provenance_hash, str(file_path)) for o in obs_list}
+    rows = []
+    for lc, name in zip(lcs, names):
+        a = lc.attrs
+        row = {"source_id": ids[name], "provenance_id": prov[str(a["obs"])], "obs": str(a["obs"]),
+               "filename": filename, "filekey": lc.filekey, "checksum": digest}
+        row.update({k: _number(a.get(k)) for k in _LC_STATS})
+        row["filter"] = str(a.get("filter", ""))
+        rows.append(row)
+    update = ("source_id", "obs", "checksum") + _LC_STATS
+    return upsert(session, m.Lightcurve, rows, update=update, batch_size=batch_size)
+
+
+_DET_COLUMNS = ("time_start", "time_peak", "time_end", "peak_snr", "peak_mag", "dmag", "n_epochs",
+                "simulated", "sim_type", "sim_params")
+
+
+def _lightcurve_ids(session, analysis_prov_id: int, obs: str, keys: pd.DataFrame) -> list:
+    """Ids of the light curves (by source id and filekey) the analysis read, or None."""
+    upstreams = session.scalar(sa.select(m.Provenance.upstreams).where(m.Provenance.id == analysis_prov_id))
+    reduce_hash = (upstreams or {}).get(f"reduce.{obs}")
+    if reduce_hash is None:
+        return [None] * len(keys)
+    lc = m.Lightcurve
+    pairs = session.execute(
+        sa.select(lc.source_id, lc.filekey, lc.id).join(m.Provenance, lc.provenance_id == m.Provenance.id)
+        .where(m.Provenance.step == "reduce", m.Provenance.obs == obs, m.Provenance.hash == reduce_hash,
+               lc.source_id.in_(sorted(set(keys["source_id"]))))).tuples().all()
+    lookup = {(s, k): i for s, k, i in pairs}
+    return [lookup.get((s, k)) for s, k in zip(keys["source_id"], keys["filekey"])]
+
+
+def ingest_detections(session, detections_df: pd.DataFrame, provenance_hash: str, project: str,
+                      batch_size: int = DEFAULT_BATCH) -> int:
+    """Add or update detections (light-curve events) made by the analysis ``provenance_hash``.
+
+    Columns: source_name (or name), obs, time_peak (MJD) required; optional filter,
+    time_start, time_end (MJD), peak_snr, peak_mag, dmag (mag), n_epochs, simulated,
+    sim_type, sim_params (dict or JSON string), filekey (of the light curve, links the row
+    to it).  Returns the number of rows.
+    """
+    if detections_df is None or detections_df.empty:
+        return 0
+    df = detections_df.rename(columns={"name": "source_name"}) if "source_name" not in detections_df \
+        else detections_df
+    missing = [c for c in ("source_name", "obs", "time_peak") if c not in df]
+    if missing:
+        raise IngestError(f"detections table lacks column(s) {missing}; has {list(df.columns)}")
+    df = df.copy()
+    df["source_name"] = df["source_name"].astype(str)
+    df["obs"] = df["obs"].astype(str)
+    df["filter"] = df["filter"].fillna("").astype(str) if "filter" in df else ""
+    df["simulated"] = df["simulated"].fillna(False).astype(bool) if "simulated" in df else False
+    if "sim_type" in df:
+        df["sim_type"] = df["sim_type"].replace("", None)
+    if "sim_params" in df:
+        df["sim_params"] = [json.loads(v) if isinstance(v, str) and v else (v if isinstance(v, dict) else None)
+                            for v in df["sim_params"]]
+    ids = source_ids(session, project, df["source_name"], "detections")
+    df["source_id"] = df["source_name"].map(ids)
+    df["lightcurve_id"] = None
+    for obs, part in df.groupby("obs"):
+        pid = provenance_id(session, "analysis", obs, provenance_hash, "detections")
+        df.loc[part.index, "provenance_id"] = pid
+        if "filekey" in df:
+            df.loc[part.index, "lightcurve_id"] = pd.Series(
+                _lightcurve_ids(session, pid, obs, part[["source_id", "filekey"]]), index=part.index,
+                dtype=object)
+    cols = ["source_id", "lightcurve_id", "provenance_id", "obs", "filter"] + \
+        [c for c in _DET_COLUMNS if c in df]
+    rows = _records(df[cols])
+    for row in rows:
+        row["provenance_id"] = int(row["provenance_id"])
+        row["simulated"] = bool(row["simulated"])
+        if row.get("n_epochs") is not None:
+            row["n_epochs"] = int(row["n_epochs"])
+    update = ["lightcurve_id"] + [c for c in _DET_COLUMNS if c in df and c not in ("time_peak", "simulated")]
+    return upsert(session, m.Detection, rows, update=update, batch_size=batch_size)
+
+
+# -- files -> database --------------------------------------------------------------------
+def _retryable(exc: sa.exc.DBAPIError) -> bool:
+    """PostgreSQL deadlock (40P01) or serialization failure (40001): safe to run again."""
+    return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
+
+
+def in_transaction(engine, fn: Callable, *args, retries: int = 3):
+    """Run ``fn(session, *args)`` in one write transaction (commit, or roll back on error)."""
+    for attempt in range(retries + 1):
+        try:
+            with Session(write_engine(engine)) as session, session.begin():
+                return fn(session, *args)
+        except sa.exc.DBAPIError as exc:
+            if attempt == retries or not _retryable(exc):
+                raise
+            time.sleep(0.05 * 2 ** attempt)
+
+
+def _batch(cfg: dict) -> int:
+    return int(cfg.get("database", {}).get("batch_size", DEFAULT_BATCH))
+
+
+def ingest_targets_file(engine, path, project: str, batch_size: int = DEFAULT_BATCH) -> int:
+    from vo.catalog import read_targets
+    targets, _ = read_targets(path)
+    return in_transaction(engine, ingest_sources, targets, project, batch_size)
+
+
+def ingest_manifest_file(engine, path, data_root, project: str, batch_size: int = DEFAULT_BATCH) -> int:
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IngestError(f"{path}: cannot read manifest: {exc}") from exc
+    try:
+        return in_transaction(engine, ingest_raw, manifest, data_root, project, batch_size)
+    except IngestError as exc:
+        raise IngestError(f"{path}: {exc}") from exc
+
+
+def ingest_reduced_file(engine, path, data_root, provenance_hash: str, project: str,
+                        batch_size: int = DEFAULT_BATCH) -> int:
+    from vo.lightcurves.datasets import read_lightcurves
+    lcs = read_lightcurves(path)
+    return in_transaction(engine, ingest_lightcurves, lcs, path, data_root, provenance_hash, project,
+                          batch_size)
+
+
+def ingest_analysis_file(engine, path, provenance_hash: str, project: str,
+                         batch_size: int = DEFAULT_BATCH) -> int:
+    from vo.lightcurves.analysis import read_analysis
+    detections = read_analysis(path).detections
+    try:
+        return in_transaction(engine, ingest_detections, detections, provenance_hash, project, batch_size)
+    except IngestError as exc:
+        raise IngestError(f"{path}: {exc}") from exc
+
+
+def ingest_bin(engine, cfg: dict, obs: str, ra_bin: int) -> dict:
+    """Ingest the products of one (observatory, RA bin): provenances, targets, download
+    manifest, reduced light curves and analysis detections, one transaction per file.
+
+    Returns ``{table: rows ingested}``.
+    """
+    from vo.paths import Paths
+
+    paths = Paths(cfg)
+    project, root, batch = paths.project, paths.data_root, _batch(cfg)
+    init_db(engine)
+    provs = {k: p for k, p in vprov.all_provenances(cfg).items() if p.obs in (None, obs)}
+    counts = {"provenances": len(in_transaction(engine, ingest_provenances, provs.values(),
+                                                vprov.git_commit()))}
+    counts["sources"] = ingest_targets_file(engine, paths.product("targets", ra_bin=ra_bin), project, batch)
+    counts["raw_photometry"] = ingest_manifest_file(engine, paths.product("download", obs, ra_bin), root,
+                                                    project, batch)
+    counts["lightcurves"] = ingest_reduced_file(engine, paths.product("reduce", obs, ra_bin), root,
+                                                provs[f"reduce.{obs}"].hash, project, batch)
+    counts["detections"] = ingest_analysis_file(engine, paths.product("analysis", obs, ra_bin),
+                                                provs[f"analysis.{obs}"].hash, project, batch)
+    return counts
+
+
+# -- vo populate ----------------------------------------------------------------------------
+_FOLDER = re.compile(r"^(?P<step>targets|download|reduce|analysis)(?:-(?P<hash>[0-9a-f]+))?$")
+
+
+def _file_regex(kind: str) -> re.Pattern:
+    from vo.paths import FILES
+    pattern = re.escape(FILES[kind]).replace(r"\{obs\}", r"(?P<obs>[A-Za-z0-9]+)")
+    return re.compile("^" + pattern.replace(r"\{ra_bin\}", r"(?P<ra_bin>\d{3})") + "$")
+
+
+def read_file_provenance(path) -> dict:
+    """Provenance attributes of a product file (HDF5 root attributes or manifest JSON keys):
+    step, obs, provenance_hash and, where present, code_version, parameters, upstreams."""
+    path = Path(path)
+    if path.suffix == ".json":
+        doc = json.loads(path.read_text())
+        return {"step": "download", "obs": doc.get("obs", ""), "provenance_hash": doc.get("provenance_hash")}
+    import h5py
+    from vo.io.hdf5 import read_attrs
+    with h5py.File(path, "r") as f:
+        return read_attrs(f)
+
+
+def _provenance_from_attrs(attrs: dict) -> vprov.Provenance | None:
+    if not all(k in attrs for k in ("step", "code_version", "parameters", "upstreams")):
+        return None
+    return vprov.Provenance(attrs["step"], attrs.get("obs") or None, str(attrs["code_version"]),
+                            attrs["parameters"], attrs["upstreams"])
+
+
+def populate(cfg: dict) -> dict:
+    """Rebuild the database rows of the project from the files under the data root (``vo populate``).
+
+    Scans every step folder of the project (``{step}-{hash}`` or ``{step}``, old hashes too):
+    provenances from ``provenance.yaml`` and the files' attributes, then targets, manifests,
+    reduced light curves and analysis files, one transaction per file.  Returns
+    ``{table: rows ingested}``.
+    """
+    from vo.db.engine import engine_from_config
+    from vo.paths import Paths
+
+    paths = Paths(cfg)
+    project, root, batch = paths.project, paths.data_root, _batch(cfg)
+    if not paths.project_dir.is_dir():
+        raise FileNotFoundError(f"{paths.project_dir}: no project folder to populate from")
+    engine = engine_from_config(cfg)
+    init_db(engine)
+    counts = dict.fromkeys(["provenances", "sources", "raw_photometry", "lightcurves", "detections"], 0)
+
+    provs = {}
+    doc_path = paths.provenance_file()
+    if doc_path.exists():
+        doc = yaml.safe_load(doc_path.read_text()) or {}
+        for d in (doc.get("steps") or {}).values():
+            p = vprov.Provenance(d["step"], d.get("obs"), str(d["code_version"]), d["parameters"], d["upstreams"])
+            provs[(p.step, p.obs, p.hash)] = p
+
+    folders = {}
+    for folder in sorted(paths.project_dir.iterdir()):
+        match = _FOLDER.match(folder.name)
+        if match and folder.is_dir():
+            folders.setdefault(match["step"], []).append((folder, match["hash"]))
+    found = {step: [] for step in ("targets", "download", "reduce", "analysis")}
+    for step, entries in folders.items():
+        regex = _file_regex(step)
+        for folder, _hash in entries:
+            for path in sorted(folder.iterdir()):
+                fm = regex.match(path.name)
+                if not fm:
+                    continue
+                attrs = read_file_provenance(path)
+                obs = fm.groupdict().get("obs") or attrs.get("obs") or None
+                phash = attrs.get("provenance_hash") or _hash or paths.step_hash(step, obs)
+                p = _provenance_from_attrs(attrs)
+                if p is not None:
+                    if p.hash != phash:
+                        raise IngestError(f"{path}: provenance attributes hash to {p.hash}, "
+                                          f"file says {phash}")
+                    provs[(p.step, p.obs, p.hash)] = p
+                found[step].append((path, obs, phash))
+
+    if provs:
+        counts["provenances"] = len(in_transaction(engine, ingest_provenances, list(provs.values())))
+    for path, _obs, _h in found["targets"]:
+        counts["sources"] += ingest_targets_file(engine, path, project, batch)
+    for path, _obs, _h in found["download"]:
+        counts["raw_photometry"] += ingest_manifest_file(engine, path, root, project, batch)
+    for path, _obs, phash in found["reduce"]:
+        counts["lightcurves"] += ingest_reduced_file(engine, path, root, phash, project, batch)
+    for path, _obs, phash in found["analysis"]:
+        counts["detections"] += ingest_analysis_file(engine, path, phash, project, batch)
+    log.info("populate %s from %s: %s", project, paths.project_dir, counts)
+    return counts
