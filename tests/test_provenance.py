@@ -20,7 +20,7 @@ def hashes(cfg):
 def test_hash_is_canonical_sha256_of_step_version_params_upstreams(cfg):
     import hashlib, json
     p = vprov.provenance(cfg, "reduce", "DEMO")
-    doc = {"step": "reduce", "code_version": p.code_version, "parameters": p.parameters,
+    doc = {"step": "reduce", "obs": "DEMO", "code_version": p.code_version, "parameters": p.parameters,
            "upstreams": p.upstreams}
     expect = hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert p.hash == expect[:vprov.HASH_LENGTH]

@@ -94,12 +94,14 @@ def test_second_run_has_nothing_to_do(run):
 def test_changing_an_analysis_parameter_reruns_only_analysis_and_after(run):
     root, cfgfile, _ = run
     old = sorted(p.name for p in (root / "WFTEST").glob("analysis-*"))
-    out = smk(["-n", "--configfile", str(cfgfile), "--config", "analysis={'snr_threshold': 6.0}"], root)
+    changed = root / "changed.yaml"
+    changed.write_text(yaml.safe_dump({"analysis": {"snr_threshold": 6.0}}))
+    out = smk(["-n", "--configfile", str(cfgfile), str(changed)], root)
     counts = job_counts(out.stdout + out.stderr)
     assert counts, out.stdout
     assert set(counts) <= {"all", "analysis", "combine", "plots", "ingest", "run_config"}, counts
     assert "analysis" in counts and "reduce" not in counts and "download" not in counts
-    smk(["--cores", "2", "--configfile", str(cfgfile), "--config", "analysis={'snr_threshold': 6.0}"], root)
+    smk(["--cores", "2", "--configfile", str(cfgfile), str(changed)], root)
     new = sorted(p.name for p in (root / "WFTEST").glob("analysis-*"))
     assert set(old) < set(new), "old results stay in their old folder; new ones in a new folder"
 

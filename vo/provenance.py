@@ -1,7 +1,7 @@
 """Provenance hashes: the one place where step hashes are computed.
 
-``hash(step) = sha256(canonical JSON of {step, code version, critical parameters,
-upstream hashes})``, shortened to :data:`HASH_LENGTH` hex digits.  The hash depends only on
+``hash(step) = sha256(canonical JSON of {step, observatory, code version, critical
+parameters, upstream hashes})``, shortened to :data:`HASH_LENGTH` hex digits.  The hash depends only on
 the config and the code versions declared by the step modules (``CODE_VERSION``), never on
 the machine, so every cluster job that re-parses the Snakefile computes the same value.
 
@@ -101,7 +101,7 @@ class Provenance:
 
     @property
     def hash(self) -> str:
-        return short_hash({"step": self.step, "code_version": self.code_version,
+        return short_hash({"step": self.step, "obs": self.obs, "code_version": self.code_version,
                            "parameters": self.parameters, "upstreams": self.upstreams})
 
     def to_dict(self) -> dict:

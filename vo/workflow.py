@@ -166,7 +166,6 @@ def run_ingest(cfg: dict, obs: str, ra_bin, inputs: dict, outputs: dict) -> None
     from vo.db import ingest
 
     eng = vengine.get_engine(vengine.url_from_config(cfg))
-    vengine.init_db(eng)
     counts = ingest.ingest_bin(eng, cfg, obs, int(ra_bin))
     receipt = {"obs": obs, "ra_bin": int(ra_bin), "counts": counts,
                "provenance_hash": vprov.provenance(cfg, "ingest", obs).hash}
