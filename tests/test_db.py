@@ -185,3 +185,17 @@ def test_concurrent_jobs_create_a_new_sqlite_database(tmp_path):
         messages = [errors.get() for _ in range(errors.qsize())]
         assert not messages, messages[0]
         assert [p.exitcode for p in procs] == [0] * 8
+
+
+def test_session_without_engine_opens_default_database(tmp_path, monkeypatch):
+    """virtualobserver style: ``session = Session()`` uses the default config's database."""
+    import sqlalchemy as sa
+
+    from vo.db import Session, Source, get_engine, init_db
+
+    monkeypatch.setenv("VO_DATA", str(tmp_path))
+    monkeypatch.delenv("VO_DB_URL", raising=False)
+    init_db(get_engine(f"sqlite:///{tmp_path / 'vo.sqlite'}"))
+    with Session() as session:
+        assert session.scalars(sa.select(Source)).all() == []
+        assert str(session.get_bind().url) == f"sqlite:///{tmp_path / 'vo.sqlite'}"

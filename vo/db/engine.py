@@ -34,7 +34,17 @@ _INIT_LOCK_KEY = 0x766F5F696E6974  # "vo_init"
 
 
 class Session(_Session):
-    """SQLAlchemy ORM session: ``with Session(engine) as session: ...``."""
+    """SQLAlchemy ORM session: ``with Session(engine) as session: ...``.
+
+    ``Session()`` with no engine opens the database of the default config
+    (``config/config.yaml``, ``VO_DATA``, ``VO_DB_URL``), as virtualobserver's did.
+    """
+
+    def __init__(self, bind=None, **kwargs):
+        if bind is None:
+            from vo.config import load_config
+            bind = engine_from_config(load_config())
+        super().__init__(bind=bind, **kwargs)
 
 
 def _json_default(obj):
