@@ -78,3 +78,9 @@ def test_show_pars_cli_prints_docs_and_critical_flags():
     bad = subprocess.run([sys.executable, "-m", "vo.cli", "show-pars", "nosuch"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "nosuch" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "ztf_wd.yaml", "ztf_bulk.yaml", "postgres.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = vconfig.load_config(vconfig.REPO_ROOT / "config" / name)
+    assert cfg["project"]["name"]

@@ -125,3 +125,12 @@ def test_rule_script_runs_standalone(run, tmp_path):
         assert set(f) == set(before)
         for k in f:
             assert (f[k]["flux"][...] == before[k]).all()
+
+
+def test_report_has_detection_plots_and_efficiency_table(run, tmp_path):
+    root, cfgfile, _ = run
+    report = tmp_path / "report.html"
+    smk(["--configfile", str(cfgfile), "--report", str(report)], root)
+    text = report.read_text(errors="replace")
+    assert "DEMO_detections.png" in text
+    assert "DEMO_detections_efficiency.html" in text

@@ -166,7 +166,7 @@ def run_ingest(cfg: dict, obs: str, ra_bin, inputs: dict, outputs: dict) -> None
     from vo.db import ingest
 
     eng = vengine.get_engine(vengine.url_from_config(cfg))
-    counts = ingest.ingest_bin(eng, cfg, obs, int(ra_bin))
+    counts = ingest.ingest_bin(eng, cfg, obs, int(ra_bin), files=inputs)
     receipt = {"obs": obs, "ra_bin": int(ra_bin), "counts": counts,
                "provenance_hash": vprov.provenance(cfg, "ingest", obs).hash}
     write_text(outputs["receipt"], json.dumps(receipt, indent=1, default=str))

@@ -363,26 +363,30 @@ def ingest_analysis_file(engine, path, provenance_hash: str, project: str,
         raise IngestError(f"{path}: {exc}") from exc
 
 
-def ingest_bin(engine, cfg: dict, obs: str, ra_bin: int) -> dict:
+def ingest_bin(engine, cfg: dict, obs: str, ra_bin: int, files: dict | None = None) -> dict:
     """Ingest the products of one (observatory, RA bin): provenances, targets, download
     manifest, reduced light curves and analysis detections, one transaction per file.
 
-    Returns ``{table: rows ingested}``.
+    ``files`` (keys targets, manifest, reduced, analysis) are the rule's inputs; by default
+    they are the config's paths.  Returns ``{table: rows ingested}``.
     """
     from vo.paths import Paths
 
     paths = Paths(cfg)
+    files = files or {"targets": paths.product("targets", ra_bin=ra_bin),
+                      "manifest": paths.product("download", obs, ra_bin),
+                      "reduced": paths.product("reduce", obs, ra_bin),
+                      "analysis": paths.product("analysis", obs, ra_bin)}
     project, root, batch = paths.project, paths.data_root, _batch(cfg)
     init_db(engine)
     provs = {k: p for k, p in vprov.all_provenances(cfg).items() if p.obs in (None, obs)}
     counts = {"provenances": len(in_transaction(engine, ingest_provenances, provs.values(),
                                                 vprov.git_commit()))}
-    counts["sources"] = ingest_targets_file(engine, paths.product("targets", ra_bin=ra_bin), project, batch)
-    counts["raw_photometry"] = ingest_manifest_file(engine, paths.product("download", obs, ra_bin), root,
-                                                    project, batch)
-    counts["lightcurves"] = ingest_reduced_file(engine, paths.product("reduce", obs, ra_bin), root,
+    counts["sources"] = ingest_targets_file(engine, files["targets"], project, batch)
+    counts["raw_photometry"] = ingest_manifest_file(engine, files["manifest"], root, project, batch)
+    counts["lightcurves"] = ingest_reduced_file(engine, files["reduced"], root,
                                                 provs[f"reduce.{obs}"].hash, project, batch)
-    counts["detections"] = ingest_analysis_file(engine, paths.product("analysis", obs, ra_bin),
+    counts["detections"] = ingest_analysis_file(engine, files["analysis"],
                                                 provs[f"analysis.{obs}"].hash, project, batch)
     return counts
 
