@@ -13,7 +13,8 @@ from vo.io import hdf5 as vh5
 from vo.lightcurves.datasets import RawPhotometry, sanitize_key
 from vo.lightcurves.observatories import get_observatory
 from vo.lightcurves.observatories.base import DownloadError
-from vo.lightcurves.observatories.demo import VirtualDemoObs, expected_snr, magnitude_error
+from vo.lightcurves.observatories.demo import (VirtualDemoObs, event_flux_factor, expected_snr,
+                                               magnitude_error, truth_events)
 from vo.lightcurves.reduce import STANDARD_COLUMNS, angular_offset_arcsec
 from vo.provenance import short_hash
 
@@ -61,11 +62,21 @@ def test_noise_model():
     assert magnitude_error(19.0, 20.5, 0.0, sky_scale=2.0) > magnitude_error(19.0, 20.5, 0.0)
 
 
+def quiet_name(pars: dict, stem: str) -> str:
+    """First name ``{stem}``, ``{stem}-1``, ... of a source without an intrinsic event."""
+    for k in range(100):
+        name = stem if k == 0 else f"{stem}-{k}"
+        if not truth_events({"name": name}, pars):
+            return name
+    raise AssertionError(f"no non-variable source named {stem}*")
+
+
 def test_scatter_matches_errors_and_truth():
     obs = make_obs(flag_fraction=0.05)
     chi2, dof = 0.0, 0
-    for i, mag in enumerate([13.0, 15.5, 17.0, 18.5, 19.5, 20.0]):
-        raw, alt = obs.fetch_data_from_observatory(cat_row(name=f"star{i}", mag=mag))
+    for i, mag in enumerate([13.0, 15.5, 17.0, 18.5, 19.5, 20.0]):  # constant sources only
+        raw, alt = obs.fetch_data_from_observatory(cat_row(name=quiet_name(obs.pars, f"star{i}"), mag=mag))
+        assert alt["truth"]["events"] == []
         good = target_rows(raw, alt).query("flag == 0")
         for filt, part in good.groupby("filter"):
             resid = part["mag"] - part["mag"].mean()
@@ -80,18 +91,23 @@ def test_scatter_matches_errors_and_truth():
 
 
 def test_flag_and_outlier_fractions():
-    obs = make_obs(flag_fraction=0.2, outlier_fraction=0.5)
+    obs = make_obs(flag_fraction=0.2, outlier_fraction=0.5, variable_fraction=0.5)
     flagged = total = outliers = 0
-    for i in range(4):
+    n_variable = 0
+    for i in range(6):
         raw, alt = obs.fetch_data_from_observatory(cat_row(name=f"f{i}", mag=16.0))
         own = target_rows(raw, alt)
-        true = own["filter"].map(alt["true_mag"]).to_numpy()
+        events = alt["truth"]["events"]
+        n_variable += bool(events)
+        true = own["filter"].map(alt["true_mag"]).to_numpy() - 2.5 * np.log10(
+            event_flux_factor(events, own["mjd"], own["filter"]))  # true magnitude at each epoch
         dev = np.abs(own["mag"].to_numpy() - true)
         bad = own["flag"].to_numpy() != 0
         flagged += int(bad.sum())
         total += len(own)
         outliers += int((dev[bad] > 0.45).sum())
         assert np.all(dev[~bad] < 6 * own["magerr"].to_numpy()[~bad])  # no outliers among good points
+    assert 0 < n_variable < 6  # constant and variable sources both checked
     frac = flagged / total
     assert abs(frac - 0.2) < 4 * np.sqrt(0.2 * 0.8 / total)
     assert abs(outliers / flagged - 0.5) < 4 * np.sqrt(0.25 / flagged)

@@ -9,9 +9,19 @@ a ``sys_error`` floor; measured magnitudes scatter with exactly those errors.  A
 of epochs is flagged (bit flags, noisier), a fraction of those are wild outliers, and some
 targets have a neighbour a few arcsec away whose rows the reducer's radius cut must drop.
 
+A ``variable_fraction`` of the sources has one intrinsic event, with the shapes of the
+injection simulator (:func:`vo.lightcurves.simulator.excess`): a *flare* (fast rise,
+exponential decay with decay time ``duration``; stronger in bluer filters, see
+:data:`FLARE_COLOUR`) or an achromatic *dip* (eclipse/occultation-like box of full width
+``duration``).  Amplitude and duration are log-uniform in ``event_amplitude`` and
+``event_duration``; the peak falls uniformly inside a random observing season.  The event
+multiplies the true flux before the noise is drawn, so the errors follow the noise model
+(points in a dip are noisier and may drop below detection).
+
 The data of a source depend only on the DEMO parameters and the source's name and
 catalog row (the random generator is seeded from ``seed`` and the name), and ``altdata``
-carries the truth: true magnitude and object id per filter, the neighbours, the seasons.
+carries the truth: true magnitude and object id per filter, the neighbours, the seasons,
+and ``truth.events`` (also available without simulating photometry: :func:`truth_events`).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from vo.lightcurves import simulator as vsim
 from vo.lightcurves.observatories.base import VirtualObservatory
 from vo.lightcurves.reduce import STANDARD_COLUMNS
 from vo.provenance import short_hash
@@ -36,11 +47,23 @@ NEIGHBOUR_PROB, NEIGHBOUR_SEP = 0.3, (4.0, 10.0)
 BAD_NIGHT_FRACTION = 0.2
 FLAG_BITS = np.array([1, 2, 4, 8, 16, 32768])
 ARCSEC = 1.0 / 3600.0
+#: Intrinsic events: the flux change in a filter is the amplitude (defined in g) times
+#: this factor (a hot flare on a cooler star has more contrast in blue; unknown filters: 1).
+FLARE_COLOUR = {"u": 2.0, "g": 1.0, "r": 0.55, "i": 0.35, "z": 0.25, "y": 0.2}
+#: Flux floor (fraction of the quiescent flux) of a total eclipse, so magnitudes stay finite.
+MIN_FLUX_FACTOR = 1e-6
 
 
-def source_rng(seed: int, name: str) -> np.random.Generator:
-    """Random generator fixed by (seed, source name), independent of Python's hash()."""
-    return np.random.default_rng(int(short_hash({"seed": int(seed), "name": str(name)}), 16))
+def source_rng(seed: int, name: str, stream: str | None = None) -> np.random.Generator:
+    """Random generator fixed by (seed, source name[, stream]), independent of Python's hash().
+
+    A named ``stream`` gives an independent generator for one part of the simulation (e.g.
+    ``"events"``), so that part can be drawn without drawing the others.
+    """
+    key = {"seed": int(seed), "name": str(name)}
+    if stream is not None:
+        key["stream"] = str(stream)
+    return np.random.default_rng(int(short_hash(key), 16))
 
 
 def object_id(seed: int, name: str, filt: str, neighbour: int = 0) -> int:
@@ -61,6 +84,78 @@ def magnitude_error(mag, limiting_mag: float, sys_error: float, sky_scale=1.0):
     """Magnitude error (mag): photometric noise of :func:`expected_snr` plus ``sys_error`` in quadrature."""
     phot = 2.5 / np.log(10.0) / expected_snr(mag, limiting_mag, sky_scale)
     return np.hypot(phot, sys_error)
+
+
+def _log_uniform(rng: np.random.Generator, bounds, key: str) -> float:
+    """One log-uniform draw in ``bounds`` = [min, max] (the ``DEMO.{key}`` parameter)."""
+    lo, hi = (float(b) for b in bounds)
+    if not 0 < lo <= hi:
+        raise ValueError(f"DEMO.{key}: need [min, max] with 0 < min <= max, got {list(bounds)}")
+    return min(max(float(np.exp(rng.uniform(np.log(lo), np.log(hi)))), lo), hi)
+
+
+def truth_events(cat_row: dict, pars: dict) -> list[dict]:
+    """The intrinsic events of one DEMO source (the truth), without simulating photometry.
+
+    Drawn from the source's own ``"events"`` random stream, so the result equals
+    ``altdata["truth"]["events"]`` of :meth:`VirtualDemoObs.fetch_data_from_observatory`.
+    Every source draws an event; only a ``variable_fraction`` of them keeps it (so raising
+    the fraction adds variable sources without changing the others' events).
+
+    Parameters
+    ----------
+    cat_row : the target's catalog row (needs ``name``).
+    pars : the ``DEMO`` config section.
+
+    Returns
+    -------
+    list of dicts (empty for a non-variable source), each with type (flare or dip), sign
+    (+1 brightening, -1 dimming), t_start, t_peak, t_end (MJD; the event's excess is at
+    least :data:`vo.lightcurves.simulator.WINDOW_FRACTION` of its peak inside
+    [t_start, t_end]), season (index), duration (days: flare decay time, dip full width),
+    amplitude (fractional flux change at the peak in g, positive) and amplitude_by_filter
+    (filter -> fractional flux change at the peak, positive).
+    """
+    types = list(pars["event_types"])
+    unknown = [t for t in types if t not in ("flare", "dip")]
+    if not types or unknown:
+        raise ValueError(f"DEMO.event_types: need a non-empty list of flare and dip, got {types}")
+    rng = source_rng(int(pars["seed"]), str(cat_row["name"]), stream="events")
+    variable = rng.random() < float(pars["variable_fraction"])
+    kind = types[int(rng.integers(len(types)))]
+    amplitude = _log_uniform(rng, pars["event_amplitude"], "event_amplitude")
+    duration = _log_uniform(rng, pars["event_duration"], "event_duration")
+    season = int(rng.integers(int(pars["n_seasons"])))
+    t_peak = (float(pars["start_mjd"]) + season * (pars["season_length"] + pars["season_gap"])
+              + rng.uniform(0.0, float(pars["season_length"])))
+    if not variable:
+        return []
+    if kind == "dip":
+        amplitude = min(amplitude, 1.0)
+        by_filter = {f: amplitude for f in pars["filters"]}
+    else:
+        by_filter = {f: amplitude * FLARE_COLOUR.get(f, 1.0) for f in pars["filters"]}
+    code = vsim.SIM_TYPES.index(kind)
+    t_start, t_end = vsim.window(code, t_peak, amplitude, duration)
+    return [{"type": kind, "sign": int(vsim.SIGN[code]), "t_start": float(t_start),
+             "t_peak": float(t_peak), "t_end": float(t_end), "season": season,
+             "duration": duration, "amplitude": amplitude, "amplitude_by_filter": by_filter}]
+
+
+def event_flux_factor(events: list[dict], mjd, filters) -> np.ndarray:
+    """True flux of a source at epochs (``mjd`` in MJD, ``filters``) over its quiescent flux.
+
+    ``events`` as returned by :func:`truth_events`; 1 without events, never below
+    :data:`MIN_FLUX_FACTOR`.
+    """
+    mjd = np.asarray(mjd, dtype=float)
+    filt = pd.Series(np.asarray(filters, dtype=object))
+    factor = np.ones(mjd.size)
+    for ev in events:
+        amp = filt.map(ev["amplitude_by_filter"]).fillna(ev["amplitude"]).to_numpy(float)
+        code = vsim.SIM_TYPES.index(ev["type"])
+        factor += vsim.excess(code, mjd - ev["t_peak"], amp, ev["duration"])
+    return np.maximum(factor, MIN_FLUX_FACTOR)
 
 
 def observing_epochs(rng: np.random.Generator, pars: dict) -> pd.DataFrame:
@@ -88,16 +183,20 @@ def observing_epochs(rng: np.random.Generator, pars: dict) -> pd.DataFrame:
 
 
 def simulate_object(rng, epochs: pd.DataFrame, true_mag: dict, oid: dict, ra: float, dec: float,
-                    pars: dict, flags: bool = True) -> pd.DataFrame:
+                    pars: dict, flags: bool = True, dmag=None) -> pd.DataFrame:
     """Measurements of one object at ``epochs`` (standard raw columns).
 
     ``true_mag`` and ``oid`` map filter -> value; ``ra``/``dec`` (deg) is the true
-    position.  Epochs below :data:`MIN_SNR` are dropped.  With ``flags``, a
-    ``flag_fraction`` of epochs carries a bad-quality bit flag and doubled noise, and an
-    ``outlier_fraction`` of the flagged epochs is off by 0.5-3 mag.
+    position; ``dmag`` (mag, one per epoch, optional) is added to the true magnitude
+    (intrinsic variability) before the errors and the noise are computed.  Epochs below
+    :data:`MIN_SNR` are dropped.  With ``flags``, a ``flag_fraction`` of epochs carries a
+    bad-quality bit flag and doubled noise, and an ``outlier_fraction`` of the flagged
+    epochs is off by 0.5-3 mag.
     """
     filt = epochs["filter"].to_numpy(dtype=object)
-    mag_true = np.array([true_mag[f] for f in filt], dtype=float)
+    mag_true = epochs["filter"].map(true_mag).to_numpy(dtype=float)
+    if dmag is not None:
+        mag_true = mag_true + np.asarray(dmag, dtype=float)
     sky = epochs["sky_scale"].to_numpy(float)
     keep = expected_snr(mag_true, pars["limiting_mag"], sky) >= MIN_SNR
     n = len(epochs)
@@ -121,7 +220,7 @@ def simulate_object(rng, epochs: pd.DataFrame, true_mag: dict, oid: dict, ra: fl
         "ra": (ra + rng.normal(0.0, scatter, n) / np.cos(np.radians(dec))) % 360.0,
         "dec": dec + rng.normal(0.0, scatter, n),
         "exptime": float(pars["exptime"]),
-        "oid": np.array([oid[f] for f in filt], dtype=np.int64),
+        "oid": epochs["filter"].map(oid).to_numpy(dtype=np.int64),
     })
     return df.loc[keep]
 
@@ -130,11 +229,20 @@ class VirtualDemoObs(VirtualObservatory):
     """The simulated DEMO survey; parameters are the ``DEMO`` config section."""
 
     name = "DEMO"
+    #: Version of the simulation itself (bump it when the simulated data change): a new
+    #: version re-"downloads" every stored DEMO source, as new survey data would.
+    SIMULATION_VERSION = "2"
+
+    def download_params(self) -> dict:
+        return {**super().download_params(), "simulation_version": self.SIMULATION_VERSION}
 
     def fetch_data_from_observatory(self, cat_row: dict) -> tuple[pd.DataFrame, dict]:
         """Simulated raw photometry of one target: (table of standard columns, altdata with the truth).
 
-        ``cat_row`` needs name, ra, dec (deg) and mag (mag; NaN uses 18).
+        ``cat_row`` needs name, ra, dec (deg) and mag (mag; NaN uses 18).  The truth in
+        ``altdata``: true_mag and oid (per filter), neighbours, seasons ([first, last] MJD
+        of each season's epochs) and ``truth["events"]`` (:func:`truth_events`; the neighbours
+        never vary).
         """
         p = self.pars
         name, seed = str(cat_row["name"]), int(p["seed"])
@@ -146,7 +254,11 @@ class VirtualDemoObs(VirtualObservatory):
         true_mag = {f: mag + COLOURS.get(f, 0.0) + rng.normal(0.0, 0.03) for f in filters}
         oid = {f: object_id(seed, name, f) for f in filters}
         epochs = observing_epochs(rng, p)
-        parts = [simulate_object(rng, epochs, true_mag, oid, ra, dec, p)]
+        events = truth_events(cat_row, p)
+        dmag = None
+        if events:
+            dmag = -2.5 * np.log10(event_flux_factor(events, epochs["mjd"], epochs["filter"]))
+        parts = [simulate_object(rng, epochs, true_mag, oid, ra, dec, p, dmag=dmag)]
         neighbours = []
         if rng.random() < NEIGHBOUR_PROB:
             sep, pa = rng.uniform(*NEIGHBOUR_SEP), rng.uniform(0.0, 2 * np.pi)
@@ -161,7 +273,7 @@ class VirtualDemoObs(VirtualObservatory):
         seasons = epochs.groupby("season")["mjd"].agg(["min", "max"])
         altdata = {"simulated": True, "seed": seed, "true_mag": true_mag, "oid": oid,
                    "neighbours": neighbours, "n_epochs": int(len(epochs)),
-                   "seasons": seasons.to_numpy().tolist()}
+                   "seasons": seasons.to_numpy().tolist(), "truth": {"events": events}}
         return raw, altdata
 
     def to_standard(self, raw: pd.DataFrame) -> pd.DataFrame:
