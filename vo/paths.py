@@ -29,7 +29,23 @@ FILES = {
     "efficiency": "{obs}_efficiency.csv",
     "plots": "{obs}_detections.png",
     "ingest": "{obs}_RA{ra_bin}_ingest.json",
+    # image pipeline: {obs} is the instrument; {exposure}, {ccd}, {filter} as named
+    "bias": "{obs}_bias_{ccd}.fits",
+    "flat": "{obs}_flat_{filter}_{ccd}.fits",
+    "image": "{exposure}/{ccd}.image.fits",
+    "sources": "{exposure}/{ccd}.sources.fits",
+    "psf": "{exposure}/{ccd}.psf.fits",
+    "background": "{exposure}/{ccd}.bg.fits",
+    "wcs": "{exposure}/{ccd}.wcs.fits",
+    "zp": "{exposure}/{ccd}.zp.fits",
+    "ingest_images": "{exposure}/{ccd}.ingest.json",
 }
+
+#: The step whose folder holds each kind of product (kinds not listed are steps themselves).
+KIND_STEP = {"histograms": "analysis", "efficiency": "combine", "plots": "combine",
+             "bias": "calibration", "flat": "calibration", "image": "preprocessing",
+             "sources": "extraction", "psf": "extraction", "background": "extraction",
+             "wcs": "astrometry", "zp": "zero_point"}
 
 
 def ra_bin_str(ra_bin: int | str) -> str:
@@ -54,6 +70,18 @@ class Paths:
     def catalog_cache(self) -> Path:
         return self.data_root / "catalogs"
 
+    def raw_exposure(self, instrument: str, exposure: str, suffix: str = ".fits") -> Path:
+        """Raw exposure (multi-extension FITS, one HDU per CCD; ``.fits.fz`` when compressed)."""
+        return self.data_root / instrument.upper() / "raw" / f"{exposure}{suffix}"
+
+    def raw_truth(self, instrument: str, exposure: str) -> Path:
+        """Truth table of a simulated exposure (DemoCam), next to the exposure."""
+        return self.data_root / instrument.upper() / "raw" / f"{exposure}.truth.fits"
+
+    def excerpt_tile(self, catalog: str, tile: int) -> Path:
+        """Cached reference-catalog tile (HEALPix index ``tile``), shared by all projects."""
+        return self.catalog_cache() / catalog / f"{catalog}_tile{int(tile):06d}.fits"
+
     # -- per project -----------------------------------------------------------------
     @property
     def project_dir(self) -> Path:
@@ -69,17 +97,19 @@ class Paths:
     def step_dir(self, step: str, obs: str | None = None) -> Path:
         return self.project_dir / f"{step}{self.step_suffix(step, obs)}"
 
-    def product(self, kind: str, obs: str | None = None, ra_bin: int | str | None = None) -> Path:
-        """Path of a product; ``kind`` is a key of :data:`FILES`."""
-        step = {"histograms": "analysis", "efficiency": "combine", "plots": "combine"}.get(kind, kind)
-        name = FILES[kind].format(obs=obs, ra_bin=ra_bin_str(ra_bin) if ra_bin is not None else "")
+    def product(self, kind: str, obs: str | None = None, ra_bin: int | str | None = None,
+                **fields: str) -> Path:
+        """Path of a product; ``kind`` is a key of :data:`FILES`; ``fields`` fill
+        ``{exposure}``, ``{ccd}`` and ``{filter}`` of image products."""
+        step = KIND_STEP.get(kind, kind)
+        name = FILES[kind].format(obs=obs, ra_bin=ra_bin_str(ra_bin) if ra_bin is not None else "",
+                                  **fields)
         return self.step_dir(step, obs) / name
 
     def pattern(self, kind: str) -> str:
         """Snakemake output pattern of a product: the step folder's hash is the wildcard
         ``{vc}`` (``-{hash}`` or empty), checked against the config by the rules."""
-        step = {"histograms": "analysis", "efficiency": "combine", "plots": "combine"}.get(kind, kind)
-        return str(self.project_dir / f"{step}{{vc}}" / FILES[kind])
+        return str(self.project_dir / f"{KIND_STEP.get(kind, kind)}{{vc}}" / FILES[kind])
 
     def run_config(self) -> Path:
         return self.project_dir / f"00_config_{vprov.run_hash(self.cfg)}.yaml"

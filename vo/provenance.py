@@ -5,8 +5,9 @@ parameters, upstream hashes})``, shortened to :data:`HASH_LENGTH` hex digits.  T
 the config and the code versions declared by the step modules (``CODE_VERSION``), never on
 the machine, so every cluster job that re-parses the Snakefile computes the same value.
 
-Light-curve steps other than ``targets`` are computed per observatory: changing a ZTF
-parameter creates new ZTF folders and leaves DEMO's products alone.
+Light-curve steps other than ``targets`` are computed per observatory, image steps per
+instrument: changing a ZTF parameter creates new ZTF folders and leaves DEMO's products
+alone.  (The observatory or instrument is the provenance's ``obs``.)
 """
 
 from __future__ import annotations
@@ -29,17 +30,19 @@ class StepDef:
     """How a step's provenance is made.
 
     sections : config sections whose critical parameters enter the hash; ``{obs}`` is
-        replaced by the observatory name.
+        replaced by the observatory (or instrument) name.
     exclude : sub-sections of ``sections`` left out (they belong to another step).
     upstream : steps whose hashes enter this one.
     module : module that declares the step's ``CODE_VERSION``.
-    per_obs : one provenance per observatory.
+    per_obs : one provenance per observatory (light curves) or instrument (images).
+    images : an image-pipeline step (its ``obs`` is the instrument).
     """
 
     sections: tuple[str, ...]
     upstream: tuple[str, ...]
     module: str
     per_obs: bool = True
+    images: bool = False
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -51,6 +54,15 @@ STEPS: dict[str, StepDef] = {
     "analysis": StepDef(("analysis", "simulator", "histograms"), ("reduce",), "vo.lightcurves.analysis"),
     "combine": StepDef((), ("analysis",), "vo.lightcurves.histograms"),
     "ingest": StepDef((), ("download", "reduce", "analysis"), "vo.db.ingest"),
+    # image pipeline, per instrument
+    "calibration": StepDef(("calibration",), (), "vo.images.calibration", images=True),
+    "preprocessing": StepDef(("preprocessing",), ("calibration",), "vo.images.preprocess", images=True),
+    "extraction": StepDef(("extraction",), ("preprocessing",), "vo.images.extract", images=True),
+    "astrometry": StepDef(("astrometry", "catalog_excerpts"), ("extraction",), "vo.images.astrometry",
+                          images=True),
+    "zero_point": StepDef(("zero_point",), ("astrometry",), "vo.images.zeropoint", images=True),
+    "ingest_images": StepDef((), ("preprocessing", "extraction", "astrometry", "zero_point"),
+                             "vo.db.ingest_images", images=True),
 }
 
 
@@ -136,11 +148,19 @@ def provenance(cfg: dict, step: str, obs: str | None = None) -> Provenance:
     return Provenance(step, obs, code_version(sdef.module), _critical(cfg, sdef, obs), ups)
 
 
+def scopes(cfg: dict, sdef: StepDef) -> list:
+    """The observatories or instruments a step runs for in this config."""
+    if sdef.images:
+        return [cfg["images"]["instrument"]] if cfg["images"]["enabled"] else []
+    return cfg["project"]["obs_names"] if sdef.per_obs else [None]
+
+
 def all_provenances(cfg: dict) -> dict[str, Provenance]:
-    """Every step's provenance for the observatories in ``project.obs_names``."""
+    """Every step's provenance for the observatories in ``project.obs_names`` and, when
+    the image pipeline is enabled, for ``images.instrument``."""
     out = {}
     for step, sdef in STEPS.items():
-        for obs in (cfg["project"]["obs_names"] if sdef.per_obs else [None]):
+        for obs in scopes(cfg, sdef):
             p = provenance(cfg, step, obs)
             out[p.key] = p
     return out

@@ -1,0 +1,1 @@
+"""The image pipeline: cameras, calibration, preprocessing, extraction, astrometry, zero points."""
