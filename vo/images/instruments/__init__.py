@@ -1,0 +1,21 @@
+"""Cameras: sections (CCDs), header keywords and reading raw exposures (DemoCam, DECam)."""
+
+from __future__ import annotations
+
+from vo.images.instruments.base import Instrument, RawSection, parse_section
+
+__all__ = ["get_instrument", "Instrument", "RawSection", "parse_section", "INSTRUMENTS"]
+
+INSTRUMENTS = ("DemoCam", "DECam")
+
+
+def get_instrument(name: str, cfg: dict) -> Instrument:
+    """The instrument ``name`` (``"DemoCam"``, ``"DECam"``; case-insensitive) for config ``cfg``."""
+    key = str(name).lower()
+    if key == "democam":
+        from vo.images.instruments.demo import DemoCam
+        return DemoCam(cfg)
+    if key == "decam":
+        from vo.images.instruments.decam import DECam
+        return DECam(cfg)
+    raise KeyError(f"unknown instrument {name!r}; known: {', '.join(INSTRUMENTS)}")
