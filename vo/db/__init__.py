@@ -9,10 +9,11 @@
 """
 
 from vo.db.engine import Session, engine_from_config, get_engine, init_db, url_from_config, write_engine
-from vo.db.models import (Base, Detection, Lightcurve, Provenance, RawPhotometry, Source,
-                          healpix_index)
+from vo.db.models import (PSF, Base, CatalogExcerpt, Detection, Exposure, Image, Lightcurve, Provenance,
+                          RawPhotometry, Source, SourceList, WorldCoordinates, ZeroPoint, healpix_index)
 from vo.db.spatial import cone_search
 
-__all__ = ["Base", "Detection", "Lightcurve", "Provenance", "RawPhotometry", "Session", "Source",
+__all__ = ["Base", "CatalogExcerpt", "Detection", "Exposure", "Image", "Lightcurve", "PSF", "Provenance",
+           "RawPhotometry", "Session", "Source", "SourceList", "WorldCoordinates", "ZeroPoint",
            "cone_search", "engine_from_config", "get_engine", "healpix_index", "init_db",
            "url_from_config", "write_engine"]

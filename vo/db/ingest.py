@@ -426,7 +426,9 @@ def populate(cfg: dict) -> dict:
 
     Scans every step folder of the project (``{step}-{hash}`` or ``{step}``, old hashes too):
     provenances from ``provenance.yaml`` and the files' attributes, then targets, manifests,
-    reduced light curves and analysis files, one transaction per file.  Returns
+    reduced light curves and analysis files, one transaction per file; then the image
+    products (one transaction per CCD, provenances from the FITS headers) and the cached
+    catalog tiles (:func:`vo.db.ingest_images.populate_images`).  Returns
     ``{table: rows ingested}``.
     """
     from vo.db.engine import engine_from_config
@@ -482,5 +484,7 @@ def populate(cfg: dict) -> dict:
         counts["lightcurves"] += ingest_reduced_file(engine, path, root, phash, project, batch)
     for path, _obs, phash in found["analysis"]:
         counts["detections"] += ingest_analysis_file(engine, path, phash, project, batch)
+    from vo.db.ingest_images import populate_images
+    counts.update(populate_images(cfg, engine, provenances=counts["provenances"]))
     log.info("populate %s from %s: %s", project, paths.project_dir, counts)
     return counts

@@ -16,6 +16,13 @@ Design choices
 * ``provenances.obs`` is ``""`` (not NULL) for steps that are not per observatory, because
   NULLs never conflict in a unique constraint and the upsert would then duplicate them.
 * ``detections.filter`` is ``""`` for a detection that uses all filters, for the same reason.
+* Image pipeline: ``exposures`` (shared raw data, unique on ``(instrument, name)``) ->
+  ``images`` (one CCD, one preprocessing provenance) -> ``source_lists`` -> ``psfs``,
+  ``world_coordinates`` -> ``zero_points``; each product row is keyed by its parent and its
+  provenance, and carries ``bad``/``bad_reason`` that ingest propagates downstream.  FITS
+  products are whole files: their ``filekey`` is ``""``.  ``catalog_excerpts`` index the
+  cached reference-catalog tiles (HEALPix pixel ``tile`` at ``nside``, no provenance).
+* Measures that cannot be negative (counts, rms, exposure time) have CHECK constraints.
 """
 
 from __future__ import annotations
@@ -208,6 +215,200 @@ class Detection(TimestampMixin, Base):
     source_name: AssociationProxy[str] = association_proxy("source", "name")
 
 
+# -- image pipeline ---------------------------------------------------------------------------
+class BadnessMixin:
+    """Quality flag of a product.  Badness propagates downstream at ingest: a product whose
+    upstream row is bad is bad too, with a reason naming the upstream failure
+    (:func:`vo.db.ingest_images.propagate_badness`)."""
+
+    bad: Mapped[bool] = mapped_column(sa.Boolean, default=False, index=True)
+    bad_reason: Mapped[str | None] = mapped_column(sa.Text, doc="Why the product is bad")
+
+
+def _nonneg(table: str, *columns: str) -> tuple[sa.CheckConstraint, ...]:
+    return tuple(sa.CheckConstraint(f"{c} IS NULL OR {c} >= 0", name=f"ck_{table}_{c}_nonneg")
+                 for c in columns)
+
+
+class Exposure(TimestampMixin, Base):
+    """A raw exposure of a camera (all its CCDs): shared raw data, no provenance.
+
+    ``ra``/``dec`` are the telescope pointing (may be unknown); the sky positions of the
+    data are those of the :class:`Image` rows.
+    """
+
+    __tablename__ = "exposures"
+    __table_args__ = (sa.UniqueConstraint("instrument", "name", name="uq_exposures_instrument_name"),
+                      *_nonneg("exposures", "exptime", "airmass"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instrument: Mapped[str] = mapped_column(sa.String(32), index=True)
+    name: Mapped[str] = mapped_column(sa.String(128), index=True, doc="Exposure name")
+    filter: Mapped[str] = mapped_column(sa.String(32), index=True)
+    mjd: Mapped[float] = mapped_column(sa.Float(53), index=True, doc="Start of the exposure (MJD)")
+    exptime: Mapped[float] = mapped_column(sa.Float(53), doc="Exposure time (s)")
+    ra: Mapped[float | None] = mapped_column(sa.Float(53), doc="Pointing right ascension (deg)")
+    dec: Mapped[float | None] = mapped_column(sa.Float(53), doc="Pointing declination (deg)")
+    airmass: Mapped[float | None] = mapped_column(sa.Float(53))
+    filename: Mapped[str] = mapped_column(sa.String, doc="Raw file path relative to the data root")
+    checksum: Mapped[str] = mapped_column(sa.String(64), doc="sha256 of the raw file at ingest")
+
+    images: Mapped[list[Image]] = relationship(back_populates="exposure")
+
+    def __repr__(self) -> str:
+        return f"Exposure({self.instrument}, {self.name!r}, {self.filter}, mjd={self.mjd:.5f})"
+
+
+class Image(FileMixin, SkyPositionMixin, BadnessMixin, TimestampMixin, Base):
+    """A preprocessed CCD image (file ``{exposure}/{ccd}.image.fits``).
+
+    ``ra``/``dec`` are the sky position of the CCD centre and ``ra_corner_k``/``dec_corner_k``
+    (k = 1..4, pixel order (0, 0), (nx, 0), (nx, ny), (0, ny)) those of its outer pixel
+    corners, from the fitted WCS when astrometry succeeded, else from the header WCS.
+    """
+
+    __tablename__ = "images"
+    __table_args__ = (sa.UniqueConstraint("exposure_id", "ccd", "provenance_id",
+                                          name="uq_images_exposure_ccd_prov"),
+                      *_nonneg("images", "fwhm_arcsec", "sky_rms", "nx", "ny"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exposure_id: Mapped[int] = mapped_column(sa.ForeignKey("exposures.id", ondelete="CASCADE"), index=True)
+    ccd: Mapped[str] = mapped_column(sa.String(32))
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    nx: Mapped[int] = mapped_column(sa.Integer, doc="Width (pixels)")
+    ny: Mapped[int] = mapped_column(sa.Integer, doc="Height (pixels)")
+    pixel_scale: Mapped[float | None] = mapped_column(sa.Float(53), doc="arcsec/pixel (from the WCS)")
+    ra_corner_1: Mapped[float] = mapped_column(sa.Float(53), doc="deg")
+    dec_corner_1: Mapped[float] = mapped_column(sa.Float(53), doc="deg")
+    ra_corner_2: Mapped[float] = mapped_column(sa.Float(53), doc="deg")
+    dec_corner_2: Mapped[float] = mapped_column(sa.Float(53), doc="deg")
+    ra_corner_3: Mapped[float] = mapped_column(sa.Float(53), doc="deg")
+    dec_corner_3: Mapped[float] = mapped_column(sa.Float(53), doc="deg")
+    ra_corner_4: Mapped[float] = mapped_column(sa.Float(53), doc="deg")
+    dec_corner_4: Mapped[float] = mapped_column(sa.Float(53), doc="deg")
+    wcs_solved: Mapped[bool] = mapped_column(sa.Boolean, default=False,
+                                             doc="Positions from the fitted WCS (else the header's)")
+    fwhm_arcsec: Mapped[float | None] = mapped_column(sa.Float(53), doc="Seeing FWHM (arcsec)")
+    sky_level: Mapped[float | None] = mapped_column(sa.Float(53), doc="Median background (e-/pixel)")
+    sky_rms: Mapped[float | None] = mapped_column(sa.Float(53), doc="Median background RMS (e-/pixel)")
+    saturation: Mapped[float | None] = mapped_column(sa.Float(53), doc="Saturation level (e-)")
+    read_noise: Mapped[float | None] = mapped_column(sa.Float(53), doc="Read noise (e-)")
+
+    exposure: Mapped[Exposure] = relationship(back_populates="images")
+    provenance: Mapped[Provenance] = relationship()
+    source_lists: Mapped[list[SourceList]] = relationship(back_populates="image")
+
+    @property
+    def corners(self) -> np.ndarray:
+        """Footprint corners as a (4, 2) array of (ra, dec) in degrees."""
+        return np.array([[getattr(self, f"ra_corner_{k}"), getattr(self, f"dec_corner_{k}")]
+                         for k in range(1, 5)])
+
+    def __repr__(self) -> str:
+        return f"Image({self.exposure_id}, {self.ccd}, ra={self.ra:.5f}, dec={self.dec:.5f})"
+
+
+class SourceList(FileMixin, BadnessMixin, TimestampMixin, Base):
+    """Sources extracted from an image (``{ccd}.sources.fits``) with its background file."""
+
+    __tablename__ = "source_lists"
+    __table_args__ = (sa.UniqueConstraint("image_id", "provenance_id", name="uq_source_lists_image_prov"),
+                      *_nonneg("source_lists", "n_sources", "fwhm"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    n_sources: Mapped[int] = mapped_column(sa.Integer)
+    fwhm: Mapped[float | None] = mapped_column(sa.Float(53), doc="Median FWHM (pixels)")
+    aper_radius: Mapped[float | None] = mapped_column(sa.Float(53), doc="Aperture radius (pixels)")
+    background_filename: Mapped[str | None] = mapped_column(
+        sa.String, doc="Background file path relative to the data root")
+    background_checksum: Mapped[str | None] = mapped_column(sa.String(64))
+
+    image: Mapped[Image] = relationship(back_populates="source_lists")
+    provenance: Mapped[Provenance] = relationship()
+    psfs: Mapped[list[PSF]] = relationship(back_populates="source_list")
+    world_coordinates: Mapped[list[WorldCoordinates]] = relationship(back_populates="source_list")
+    zero_points: Mapped[list[ZeroPoint]] = relationship(back_populates="source_list")
+
+
+class PSF(FileMixin, BadnessMixin, TimestampMixin, Base):
+    """The PSF model of an image (``{ccd}.psf.fits``), made with its source list."""
+
+    __tablename__ = "psfs"
+    __table_args__ = (sa.UniqueConstraint("source_list_id", "provenance_id", name="uq_psfs_sl_prov"),
+                      *_nonneg("psfs", "fwhm", "n_stars"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_list_id: Mapped[int] = mapped_column(sa.ForeignKey("source_lists.id", ondelete="CASCADE"),
+                                                index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    fwhm: Mapped[float | None] = mapped_column(sa.Float(53), doc="FWHM of the model (pixels)")
+    n_stars: Mapped[int | None] = mapped_column(sa.Integer, doc="Stars used to build the model")
+
+    source_list: Mapped[SourceList] = relationship(back_populates="psfs")
+    provenance: Mapped[Provenance] = relationship()
+
+
+class WorldCoordinates(FileMixin, BadnessMixin, TimestampMixin, Base):
+    """The WCS fitted to a source list (``{ccd}.wcs.fits``); ``bad`` when the fit failed."""
+
+    __tablename__ = "world_coordinates"
+    __table_args__ = (sa.UniqueConstraint("source_list_id", "provenance_id", name="uq_world_coordinates_sl_prov"),
+                      *_nonneg("world_coordinates", "rms_arcsec", "n_stars"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_list_id: Mapped[int] = mapped_column(sa.ForeignKey("source_lists.id", ondelete="CASCADE"),
+                                                index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    rms_arcsec: Mapped[float | None] = mapped_column(sa.Float(53), doc="RMS of matched stars (arcsec)")
+    n_stars: Mapped[int | None] = mapped_column(sa.Integer, doc="Matched reference stars")
+
+    source_list: Mapped[SourceList] = relationship(back_populates="world_coordinates")
+    provenance: Mapped[Provenance] = relationship()
+
+
+class ZeroPoint(FileMixin, BadnessMixin, TimestampMixin, Base):
+    """Photometric zero point of a source list (``{ccd}.zp.fits``): m = -2.5 log10(flux_e) + zp."""
+
+    __tablename__ = "zero_points"
+    __table_args__ = (sa.UniqueConstraint("source_list_id", "provenance_id", name="uq_zero_points_sl_prov"),
+                      *_nonneg("zero_points", "zp_err", "n_stars"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_list_id: Mapped[int] = mapped_column(sa.ForeignKey("source_lists.id", ondelete="CASCADE"),
+                                                index=True)
+    world_coordinates_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("world_coordinates.id", ondelete="SET NULL"), index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    zp: Mapped[float | None] = mapped_column(sa.Float(53), doc="Zero point (AB mag, counts in e-)")
+    zp_err: Mapped[float | None] = mapped_column(sa.Float(53), doc="mag")
+    apcor: Mapped[float | None] = mapped_column(sa.Float(53), doc="Aperture correction (mag)")
+    limmag5: Mapped[float | None] = mapped_column(sa.Float(53), doc="5-sigma limiting magnitude (AB)")
+    n_stars: Mapped[int | None] = mapped_column(sa.Integer, doc="Stars in the fit")
+
+    source_list: Mapped[SourceList] = relationship(back_populates="zero_points")
+    world_coordinates: Mapped[WorldCoordinates | None] = relationship()
+    provenance: Mapped[Provenance] = relationship()
+
+
+class CatalogExcerpt(FileMixin, SkyPositionMixin, TimestampMixin, Base):
+    """A cached tile of a reference catalog: HEALPix pixel ``tile`` at ``nside`` (shared by
+    all projects, no provenance); ``ra``/``dec`` are the tile centre."""
+
+    __tablename__ = "catalog_excerpts"
+    __table_args__ = (sa.UniqueConstraint("catalog", "nside", "tile", name="uq_catalog_excerpts_tile"),
+                      *_nonneg("catalog_excerpts", "n_stars"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    catalog: Mapped[str] = mapped_column(sa.String(32))
+    nside: Mapped[int] = mapped_column(sa.Integer)
+    ordering: Mapped[str] = mapped_column(sa.String(8), default="nested", doc="HEALPix ordering")
+    tile: Mapped[int] = mapped_column(sa.BigInteger, doc="HEALPix index of the tile")
+    n_stars: Mapped[int] = mapped_column(sa.Integer)
+
+
 #: Natural key of each table: the columns of its unique constraint, used by the upserts.
 NATURAL_KEYS: dict[str, tuple[str, ...]] = {
     Provenance.__tablename__: ("step", "obs", "hash"),
@@ -215,7 +416,19 @@ NATURAL_KEYS: dict[str, tuple[str, ...]] = {
     RawPhotometry.__tablename__: ("source_id", "obs"),
     Lightcurve.__tablename__: ("provenance_id", "filename", "filekey"),
     Detection.__tablename__: ("provenance_id", "source_id", "obs", "filter", "simulated", "time_peak"),
+    Exposure.__tablename__: ("instrument", "name"),
+    Image.__tablename__: ("exposure_id", "ccd", "provenance_id"),
+    SourceList.__tablename__: ("image_id", "provenance_id"),
+    PSF.__tablename__: ("source_list_id", "provenance_id"),
+    WorldCoordinates.__tablename__: ("source_list_id", "provenance_id"),
+    ZeroPoint.__tablename__: ("source_list_id", "provenance_id"),
+    CatalogExcerpt.__tablename__: ("catalog", "nside", "tile"),
 }
+
+#: Tables of the light-curve pipeline and of the image pipeline.
+LIGHTCURVE_TABLES = ("provenances", "sources", "raw_photometry", "lightcurves", "detections")
+IMAGE_TABLES = ("exposures", "images", "source_lists", "psfs", "world_coordinates", "zero_points",
+                "catalog_excerpts")
 
 
 def spatial_tables() -> list[sa.Table]:

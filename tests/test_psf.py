@@ -1,0 +1,133 @@
+"""PSF model (vo.images.psf): the Moffat profile, its derivatives, fits of spatially varying PSFs
+against an independent renderer, and the PSF file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from vo.images.psf import (PSFModel, fit_psf_model, fit_stars, moffat_fwhm, moffat_pixels,
+                           n_terms, read_psf, stamp_grid, write_psf)
+from vo.io.fits import FitsError
+
+
+def _circular(alpha, beta):
+    a = 1 / alpha ** 2
+    return np.array([a]), np.array([0.0]), np.array([a]), np.array([beta])
+
+
+def test_profile_normalised_and_fwhm():
+    alpha, beta = 2.0, 3.0
+    _, _, dx, dy = stamp_grid([50.3], [50.7], 50)
+    m = moffat_pixels(dx, dy, *_circular(alpha, beta), subsample=5)
+    tail = (1 + (50 / alpha) ** 2) ** (1 - beta)  # flux outside r = 50 (analytic)
+    assert m.sum() == pytest.approx(1 - tail, abs=2e-4)
+    # FWHM: half maximum of the (unintegrated) profile on a fine radial grid
+    r = np.linspace(0, 10, 200001)
+    prof = (1 + (r / alpha) ** 2) ** -beta
+    measured = 2 * r[np.argmin(np.abs(prof - 0.5))]
+    assert moffat_fwhm(*_circular(alpha, beta)) == pytest.approx(measured, rel=1e-4)
+
+
+def test_derivatives_match_finite_differences():
+    x0, y0 = np.array([10.3, 10.6]), np.array([9.8, 10.1])
+    pars = [np.array([0.30, 0.20]), np.array([0.02, -0.03]), np.array([0.25, 0.22]),
+            np.array([3.0, 4.0])]
+    ix, iy, _, _ = stamp_grid(np.array([10.0, 10.0]), np.array([10.0, 10.0]), 6)
+    def m(x, y, p):
+        return moffat_pixels((ix - x[:, None, None]).astype(np.float64),
+                             (iy - y[:, None, None]).astype(np.float64), *p, subsample=3)
+    _, d = moffat_pixels((ix - x0[:, None, None]), (iy - y0[:, None, None]), *pars, 3, True)
+    h = 1e-3
+    fd = [(m(x0 + h, y0, pars) - m(x0 - h, y0, pars)) / (2 * h),
+          (m(x0, y0 + h, pars) - m(x0, y0 - h, pars)) / (2 * h)]
+    for k in range(4):
+        up = [p.copy() for p in pars]
+        dn = [p.copy() for p in pars]
+        up[k] += h
+        dn[k] -= h
+        fd.append((m(x0, y0, up) - m(x0, y0, dn)) / (2 * h))
+    for k in range(6):
+        scale = np.abs(fd[k]).max()
+        assert np.abs(d[k] - fd[k]).max() < 2e-3 * scale, k
+
+
+def _star_field(seed=2, shape=(600, 600), n=120):
+    """Bright isolated stars on a grid; Moffat beta 3.5, FWHM 2.5 + 1.0 x/nx (test's own renderer,
+    exact-ish integration with 7x7 samples per pixel)."""
+    from test_extract import moffat_pixels as truth_pixels  # tests/ is on sys.path under pytest
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    g = np.linspace(30, nx - 31, 11)
+    x, y = [a.ravel() + rng.uniform(-0.5, 0.5, a.size) for a in np.meshgrid(g, g)]
+    fwhm = 2.5 + 1.0 * x / nx
+    beta = 3.5
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    flux = rng.uniform(2e4, 2e5, x.size)
+    img = np.zeros(shape)
+    ix, iy, _, _ = stamp_grid(x, y, 15)
+    P = truth_pixels(ix - x[:, None, None], iy - y[:, None, None], alpha, alpha,
+                     np.zeros(x.size), np.full(x.size, beta), sub=7)
+    np.add.at(img, (iy, ix), flux[:, None, None] * P)
+    sky, rn = 200.0, 5.0
+    noisy = rng.poisson(img + sky) + rng.normal(0, rn, shape) - sky
+    weight = np.full(shape, 1 / (sky + rn ** 2), np.float32)
+    rms = np.full(shape, np.sqrt(sky + rn ** 2), np.float32)
+    return noisy.astype(np.float32), weight, rms, x, y, fwhm, beta
+
+
+def test_fit_recovers_spatially_varying_psf(tmp_path):
+    sub, weight, rms, x, y, fwhm, beta = _star_field()
+    stars = fit_stars(sub, weight, rms, x + 0.05, y - 0.05, 3.0, 8)
+    assert stars["ok"].all()
+    np.testing.assert_allclose(stars["x"], x, atol=0.02)
+    np.testing.assert_allclose(stars["fwhm"], fwhm, rtol=0.03)
+    assert np.median(stars["beta"]) == pytest.approx(beta, rel=0.1)
+    psf = fit_psf_model(stars, sub.shape, order=2)
+    assert psf.coeffs.shape == (4, n_terms(2))
+    for xx in (50.0, 300.0, 550.0):
+        assert psf.fwhm(np.array([xx]), np.array([300.0]))[0] == pytest.approx(2.5 + xx / 600, rel=0.02)
+    # the normalised stamp at a star reproduces its pixels (flux fitted with the model)
+    k = 60
+    stamp = psf.evaluate(x[k], y[k], 11)
+    ix, iy, _, _ = stamp_grid([x[k]], [y[k]], 5)
+    data = sub[iy[0], ix[0]]
+    f = (stamp * data).sum() / (stamp * stamp).sum()
+    assert f == pytest.approx(stars["flux"][k], rel=0.01)
+    assert np.abs(data - f * stamp).max() < 0.03 * data.max()
+    # file round trip
+    path = tmp_path / "c.psf.fits"
+    write_psf(path, psf, {"step": "extraction", "provenance_hash": "h1"})
+    with fits.open(path) as hdul:
+        assert hdul[0].header["PSF_TYPE"] == "MOFFAT" and hdul[0].header["VO_HASH"] == "h1"
+        assert hdul["PSF_STAMP"].data.sum() == pytest.approx(1, abs=0.02)
+        assert "PSF_STARS" in hdul
+    back = read_psf(path)
+    np.testing.assert_allclose(back.evaluate(123.4, 456.7, 9), psf.evaluate(123.4, 456.7, 9))
+    assert back.evaluate(np.array([1.0, 2.0]), np.array([3.0, 4.0]), 5).shape == (2, 5, 5)
+    with pytest.raises(ValueError, match="odd"):
+        psf.evaluate(1.0, 1.0, 4)
+
+
+def test_read_psf_errors(tmp_path):
+    bad = tmp_path / "bad.psf.fits"
+    fits.HDUList([fits.PrimaryHDU()]).writeto(bad)
+    with pytest.raises(FitsError, match="bad.psf.fits.*PSF_COEF"):
+        read_psf(bad)
+    psf = PSFModel(coeffs=np.zeros((4, 3)), order=1, shape=(10, 10))
+    psf.coeffs[:, 0] = [0.2, 0.0, 0.2, 3.0]
+    path = tmp_path / "ok.psf.fits"
+    write_psf(path, psf)
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["POLYDEG"] = 2
+    with pytest.raises(FitsError, match="ok.psf.fits.*shape"):
+        read_psf(path)
+
+
+def test_too_few_stars_raises_naming_image():
+    from astropy.table import Table
+    stars = Table({"x": [1.0], "y": [1.0], "a11": [0.2], "a12": [0.0], "a22": [0.2], "beta": [3.0],
+                   "chi2": [1.0], "ok": [False]})
+    with pytest.raises(ValueError, match="cam7 exp9"):
+        fit_psf_model(stars, (100, 100), 2, name="cam7 exp9")
