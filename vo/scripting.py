@@ -3,7 +3,8 @@
 Under Snakemake (``script:`` directive) a script takes its config, wildcards, inputs,
 outputs and log from the ``snakemake`` object.  Run by hand
 (``python scripts/reduce.py --obs DEMO --ra-bin 123``) it builds the same config and
-asks :func:`vo.workflow.rule_io` for the same paths, so one rule can be debugged alone.
+asks :func:`vo.workflow.rule_io` (or :func:`vo.images.rules.rule_io`) for the same paths,
+so one rule can be debugged alone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,18 @@ import time
 
 from vo import config as vconfig
 from vo import workflow
+from vo.images import rules as image_rules
+
+#: job arguments of each rule: which of obs, ra_bin, exposure, ccd, filt it takes.
+ARGS = {
+    "targets": (), "run_config": (), "combine": ("obs",), "plots": ("obs",),
+    **{s: ("obs", "ra_bin") for s in workflow.PER_BIN},
+    "simulate_exposure": ("exposure",), "simulate_calibration": ("exposure",),
+    "master_bias": ("ccd",), "master_flat": ("ccd", "filt"),
+    **{s: ("exposure", "ccd") for s in image_rules.PER_CCD},
+}
+HELP = {"obs": "observatory, e.g. DEMO or ZTF", "ra_bin": "integer RA bin (deg)",
+        "exposure": "exposure name", "ccd": "CCD (section) name", "filt": "filter"}
 
 
 def _setup_logging(logfile: str | None) -> None:
@@ -42,41 +55,45 @@ def _parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _standalone_io(step: str, cfg: dict, job: dict) -> tuple[dict, dict]:
+    if step in image_rules.STEPS:
+        return image_rules.rule_io(step, cfg, job.get("exposure"), job.get("ccd"), job.get("filt"))
+    ra_bins = None
+    if step in ("targets", "combine", "plots"):
+        from vo.catalog import Catalog
+        ra_bins = cfg["project"]["ra_bins"] or Catalog.from_config(cfg).load().ra_bins()
+    return workflow.rule_io(step, cfg, job.get("obs"), job.get("ra_bin"), ra_bins)
+
+
 def rule_main(step: str, doc: str, snakemake=None, argv: list[str] | None = None) -> None:
     """Run rule ``step`` from Snakemake or from the command line."""
-    func = getattr(workflow, step if step.startswith("run_") else f"run_{step}")
+    module = image_rules if step in image_rules.STEPS else workflow
+    func = getattr(module, step if step.startswith("run_") else f"run_{step}")
+    names = ARGS[step]
     if snakemake is not None:
         _setup_logging(snakemake.log[0] if len(snakemake.log) else None)
         cfg = vconfig.complete(dict(snakemake.config), "snakemake config")
         wc = dict(snakemake.wildcards.items())
+        wc.setdefault("exposure", wc.get("calname"))
+        wc.setdefault("filt", wc.get("filter"))
+        job = {n: wc.get(n) for n in names}
         inputs = {k: v for k, v in snakemake.input.items()}
         outputs = {k: v for k, v in snakemake.output.items()}
-        obs, ra_bin = wc.get("obs"), wc.get("ra_bin")
     else:
         ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         ap.add_argument("--configfile", default=None, help="config YAML (default: config/config.yaml)")
         ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. --set DEMO.reducer.gap=60 (repeatable)")
-        if step not in ("targets", "run_config"):
-            ap.add_argument("--obs", required=True, help="observatory, e.g. DEMO or ZTF")
-        if step in workflow.PER_BIN:
-            ap.add_argument("--ra-bin", type=int, required=True, help="integer RA bin (deg)")
+        for n in names:
+            ap.add_argument("--" + n.replace("_", "-").replace("filt", "filter"), dest=n, required=True,
+                            type=int if n == "ra_bin" else str, help=HELP[n])
         ap.add_argument("--log", default=None, help="also log to this file")
         args = ap.parse_args(argv)
         _setup_logging(args.log)
         cfg = vconfig.load_config(args.configfile, _parse_overrides(args.set))
-        obs = getattr(args, "obs", None)
-        ra_bin = getattr(args, "ra_bin", None)
-        ra_bins = None
-        if step in ("targets", "combine", "plots"):
-            from vo.catalog import Catalog
-            ra_bins = cfg["project"]["ra_bins"] or Catalog.from_config(cfg).load().ra_bins()
-        inputs, outputs = workflow.rule_io(step, cfg, obs, ra_bin, ra_bins)
-    kwargs = {"inputs": inputs, "outputs": outputs}
-    if step in workflow.PER_BIN:
-        kwargs.update(obs=obs, ra_bin=ra_bin)
-    elif step in ("combine", "plots"):
-        kwargs.update(obs=obs)
+        job = {n: getattr(args, n) for n in names}
+        inputs, outputs = _standalone_io(step, cfg, job)
+    kwargs = dict(job, inputs=inputs, outputs=outputs)
     if step in ("targets", "run_config"):
         kwargs.pop("inputs")
     t0 = time.perf_counter()

@@ -1,0 +1,12 @@
+"""simulate_calibration: DemoCam only: simulate one raw bias or flat exposure.
+
+Run by Snakemake (rule simulate_calibration) or by hand to debug it: python scripts/simulate_calibration.py --help
+"""
+import sys
+from pathlib import Path
+
+# run from a checkout without installing vo (Snakemake copies scripts; __real_file__ is the original)
+sys.path.insert(0, str(Path(globals().get("__real_file__", __file__)).resolve().parents[1]))
+from vo.scripting import rule_main  # noqa: E402
+
+rule_main("simulate_calibration", __doc__, globals().get("snakemake"))

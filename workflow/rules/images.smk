@@ -1,0 +1,222 @@
+# Image pipeline I: raw exposures -> calibration -> preprocessing -> extraction -> astrometry
+# -> zero point -> ingest, one job per CCD (the per-CCD steps share a group: one cluster job).
+import re
+
+from vo.images import rules as image_rules
+
+INST = CFG["images"]["instrument"]
+IKEY = image_rules.instrument_key(CFG)
+INSTRUMENT = image_rules.instrument(CFG)
+EXPOSURES = image_rules.exposures(CFG)
+CCDS = image_rules.ccds(CFG)
+CALIB = INSTRUMENT.calibration_names(CFG)
+FILTERS = sorted({INSTRUMENT.exposure_filter(P, e) for e in EXPOSURES})
+CAL_NAMES = CALIB["bias"] + [n for f in FILTERS for n in CALIB["flat"][f]]
+
+
+def _alt(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+wildcard_constraints:
+    exposure=_alt(EXPOSURES),
+    ccd=_alt(CCDS),
+    filter=_alt(FILTERS),
+
+
+def iio(step, part, key=None):
+    """Input/output function of an image rule, with the provenance-hash check of ``io``."""
+
+    def f(wildcards):
+        check = {"master_bias": "calibration", "master_flat": "calibration",
+                 "preprocess": "preprocessing", "extract": "extraction"}.get(step, step)
+        if "vc" in wildcards.keys() and wildcards.vc != P.step_suffix(check, IKEY):
+            raise ValueError(f"{step}: path hash {wildcards.vc!r} does not match the config's")
+        files = image_rules.rule_io(step, CFG, wildcards.get("exposure"), wildcards.get("ccd"),
+                                    wildcards.get("filter"))[0 if part == "in" else 1]
+        return files[key] if key else files
+
+    return f
+
+
+def ipattern(kind):
+    return P.pattern(kind).replace("{obs}", IKEY)
+
+
+def ilog(rule_name, *names):
+    return log_path(rule_name, *names)
+
+
+if INST == "DemoCam":
+
+    rule simulate_exposure:
+        output:
+            raw=str(INSTRUMENT.raw_path(P, "{exposure}")),
+            truth=str(P.raw_truth(IKEY, "{exposure}")),
+        log:
+            P.log("simulate_exposure", "{exposure}"),
+        resources:
+            mem_mb=mem(2000),
+            runtime=runtime(10),
+        conda:
+            "../../environment.yml"
+        script:
+            "../../scripts/simulate_exposure.py"
+
+    rule simulate_calibration:
+        output:
+            raw=str(INSTRUMENT.raw_path(P, "{calname}")),
+        wildcard_constraints:
+            calname=_alt(CAL_NAMES),
+        log:
+            P.log("simulate_calibration", "{calname}"),
+        resources:
+            mem_mb=mem(2000),
+            runtime=runtime(10),
+        conda:
+            "../../environment.yml"
+        script:
+            "../../scripts/simulate_calibration.py"
+
+
+rule master_bias:
+    input:
+        raw=iio("master_bias", "in", "raw"),
+    output:
+        bias=ipattern("bias"),
+    log:
+        ilog("master_bias", "ccd", "vc"),
+    benchmark:
+        bench_path("master_bias", "ccd", "vc")
+    resources:
+        mem_mb=mem(4000),
+        runtime=runtime(20),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/master_bias.py"
+
+
+rule master_flat:
+    input:
+        unpack(iio("master_flat", "in")),
+    output:
+        flat=ipattern("flat"),
+    log:
+        ilog("master_flat", "filter", "ccd", "vc"),
+    benchmark:
+        bench_path("master_flat", "filter", "ccd", "vc")
+    resources:
+        mem_mb=mem(4000),
+        runtime=runtime(20),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/master_flat.py"
+
+
+rule preprocess:
+    input:
+        unpack(iio("preprocess", "in")),
+    output:
+        image=ipattern("image"),
+    log:
+        ilog("preprocess", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("preprocess", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(3000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/preprocess.py"
+
+
+rule extract:
+    input:
+        image=iio("extract", "in", "image"),
+    output:
+        sources=ipattern("sources"),
+        psf=ipattern("psf"),
+        background=ipattern("background"),
+    log:
+        ilog("extract", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("extract", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(4000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/extract.py"
+
+
+rule astrometry:
+    input:
+        unpack(iio("astrometry", "in")),
+    output:
+        wcs=ipattern("wcs"),
+    log:
+        ilog("astrometry", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("astrometry", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(3000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/astrometry.py"
+
+
+rule zero_point:
+    input:
+        unpack(iio("zero_point", "in")),
+    output:
+        zp=ipattern("zp"),
+    log:
+        ilog("zero_point", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("zero_point", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(3000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/zero_point.py"
+
+
+rule ingest_images:
+    input:
+        unpack(iio("ingest_images", "in")),
+    output:
+        receipt=ipattern("ingest_images"),
+    log:
+        ilog("ingest_images", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("ingest_images", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(1000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/ingest_images.py"
+
+
+IMAGE_TARGETS = [
+    image_rules.rule_io("ingest_images", CFG, e, c)[1]["receipt"] for e in EXPOSURES for c in CCDS
+]
