@@ -26,7 +26,7 @@ from astropy.wcs import WCS
 from astropy_healpix import HEALPix
 
 from vo import provenance as vprov
-from vo.db import Session, get_engine, init_db
+from vo.db import Session, get_engine
 from vo.db import ingest as ing
 from vo.db import ingest_images as ii
 from vo.db import models as m

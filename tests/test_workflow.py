@@ -6,40 +6,15 @@ import re
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import pytest
 import xarray as xr
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-             "--directory", str(REPO)]
+from workflow_helpers import REPO, job_counts, smk
 
 pytestmark = pytest.mark.slow
-
-
-def smk(args, data_root, check=True):
-    env = dict(os.environ, VO_DATA=str(data_root))
-    env.pop("VO_DB_URL", None)
-    out = subprocess.run(SNAKEMAKE + args, capture_output=True, text=True, env=env, cwd=REPO)
-    if check and out.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}")
-    return out
-
-
-def job_counts(text):
-    """Parse Snakemake's 'Job stats' table: {rule: count}."""
-    counts = {}
-    m = re.search(r"Job stats:\n(.*?)\n\n", text, re.S)
-    if not m:
-        return counts
-    for line in m.group(1).splitlines()[2:]:
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +23,7 @@ def run(tmp_path_factory):
     cfgfile = root / "test.yaml"
     cfgfile.write_text(yaml.safe_dump({
         "project": {"name": "WFTEST"},
+        "images": {"enabled": False},
         "catalog": {"max_targets": 40},
         "DEMO": {"n_seasons": 2, "epochs_per_season": 40},
     }))
@@ -134,3 +110,49 @@ def test_report_has_detection_plots_and_efficiency_table(run, tmp_path):
     text = report.read_text(errors="replace")
     assert "DEMO_detections.png" in text
     assert "DEMO_detections_efficiency.html" in text
+
+
+def test_combined_histograms_equal_one_run_over_all_bins(run):
+    """Additivity: the combine rule's sum over RA bins equals analysing every bin at once."""
+    import numpy as np
+
+    from vo import config as vconfig
+    from vo.lightcurves.analysis import analyse_lightcurves
+    from vo.lightcurves.datasets import read_lightcurves
+    from vo.lightcurves.histograms import read_netcdf
+
+    root, cfgfile, _ = run
+    cfg = vconfig.load_config(cfgfile)
+    prov = yaml.safe_load((root / "WFTEST" / "provenance.yaml").read_text())["steps"]
+    lcs = []
+    for f in sorted((root / "WFTEST" / f"reduce-{prov['reduce.DEMO']['hash']}").glob("*_reduced.h5")):
+        lcs += read_lightcurves(f)
+    whole = analyse_lightcurves(lcs, cfg, "DEMO").histograms
+    combined = read_netcdf(root / "WFTEST" / f"combine-{prov['combine.DEMO']['hash']}" / "DEMO_histograms.nc")
+    assert set(whole.data_vars) == set(combined.data_vars)
+    for name in whole.data_vars:
+        a, b = whole[name], combined[name].reindex_like(whole[name])
+        np.testing.assert_array_equal(a.values, b.values, err_msg=name)
+    assert float(whole["all_snr"].sum()) > float(whole["good_snr"].sum()) > 0
+
+
+def test_vo_populate_rebuilds_the_database(run, tmp_path):
+    root, cfgfile, _ = run
+    db = root / "vo.sqlite"
+    tables = ("provenances", "sources", "raw_photometry", "lightcurves", "detections")
+
+    def counts(path):
+        con = sqlite3.connect(path)
+        try:
+            return {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
+        finally:
+            con.close()
+
+    before = counts(db)
+    rebuilt = tmp_path / "rebuilt.sqlite"
+    env = dict(os.environ, VO_DATA=str(root), VO_DB_URL=f"sqlite:///{rebuilt}")
+    subprocess.run([sys.executable, "-m", "vo.cli", "populate", "--configfile", str(cfgfile)],
+                   env=env, check=True, capture_output=True, cwd=REPO)
+    after = counts(rebuilt)
+    assert after["sources"] == before["sources"] and after["lightcurves"] >= before["lightcurves"] > 0
+    assert after["detections"] >= before["detections"] > 0

@@ -202,6 +202,20 @@ def footprint(header, shape) -> "np.ndarray":
     return WCS(header).all_pix2world(corners, 0)
 
 
+def excerpt_tile_files(cfg: dict, image_file: str) -> list[str]:
+    """The cached reference-catalog tiles that cover an image (those present on disk)."""
+    from astropy.io import fits
+
+    from vo.images import excerpts
+
+    pars = cfg["catalog_excerpts"]
+    hdr = fits.getheader(image_file, "SCI")
+    pix = excerpts.tiles_for_footprint(footprint(hdr, (hdr["NAXIS2"], hdr["NAXIS1"])), pars["nside"],
+                                       pars["margin"])
+    files = [Paths(cfg).excerpt_tile(pars["catalog"], int(excerpts.tile_uniq(pars["nside"], p))) for p in pix]
+    return [str(f) for f in files if f.exists()]
+
+
 def run_astrometry(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Fit the WCS against the reference catalog; a failure is flagged in the file, not raised."""
     from vo.images import excerpts
@@ -275,6 +289,7 @@ def run_ingest_images(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs:
     header = instrument(cfg).read_exposure_header(inputs["raw"])
     counts = ingest_images.ingest_image_products(eng, cfg, cfg["images"]["instrument"], exposure, ccd,
                                                  dict(inputs), exposure_header=header)
+    counts["catalog_excerpts"] = ingest_images.ingest_excerpt_tiles(eng, cfg, excerpt_tile_files(cfg, inputs["image"]))
     receipt = {"exposure": exposure, "ccd": ccd, "counts": counts,
                "provenance_hash": vprov.provenance(cfg, "ingest_images", instrument_key(cfg)).hash}
     write_text(outputs["receipt"], json.dumps(receipt, indent=1, default=str))

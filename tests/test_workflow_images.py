@@ -1,0 +1,58 @@
+"""The image pipeline through Snakemake on DemoCam: products, database rows, reruns."""
+
+import sqlite3
+
+import pytest
+import yaml
+from astropy.io import fits
+
+from workflow_helpers import job_counts, smk
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgdata")
+    cfgfile = root / "img.yaml"
+    cfgfile.write_text(yaml.safe_dump({
+        "project": {"name": "IMGTEST", "obs_names": []},
+        "images": {"enabled": True},
+        "DemoCam": {"n_ccds": 2, "n_exposures": 2, "ccd_shape": [512, 512], "n_bias": 3, "n_flats": 3},
+    }))
+    smk(["--cores", "2", "--configfile", str(cfgfile)], root)
+    return root, cfgfile
+
+
+def test_every_ccd_is_calibrated_and_ingested(run):
+    root, _ = run
+    proj = root / "IMGTEST"
+    zps = sorted(proj.glob("zero_point-*/*/*.zp.fits"))
+    assert len(zps) == 4
+    for f in zps:
+        h = fits.getheader(f)
+        assert h["ZP_OK"] and 25 < h["ZP"] < 35 and h["VO_STEP"] == "zero_point"
+    for f in proj.glob("astrometry-*/*/*.wcs.fits"):
+        assert fits.getheader(f)["ASTR_OK"]
+    con = sqlite3.connect(root / "vo.sqlite")
+    n = {t: con.execute(f"select count(*) from {t}").fetchone()[0]
+         for t in ("exposures", "images", "source_lists", "psfs", "world_coordinates", "zero_points",
+                   "catalog_excerpts")}
+    assert n["exposures"] == 2 and n["images"] == 4 and n["zero_points"] == 4, n
+    assert n["catalog_excerpts"] >= 1
+
+
+def test_nothing_to_do_afterwards(run):
+    root, cfgfile = run
+    out = smk(["-n", "--configfile", str(cfgfile)], root)
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_extraction_change_reruns_only_extraction_and_after(run):
+    root, cfgfile = run
+    changed = root / "changed.yaml"
+    changed.write_text(yaml.safe_dump({"extraction": {"minarea": 6}}))
+    out = smk(["-n", "--configfile", str(cfgfile), str(changed)], root)
+    counts = job_counts(out.stdout + out.stderr)
+    assert {"extract", "astrometry", "zero_point", "ingest_images"} <= set(counts), counts
+    assert not {"preprocess", "master_bias", "master_flat", "simulate_exposure"} & set(counts), counts
