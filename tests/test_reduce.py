@@ -176,3 +176,27 @@ def test_array_lightcurve_data_is_the_truth_once_built():
     np.testing.assert_allclose(vreduce.lightcurve_columns(lc, ["flux"])["flux"], 2 * cols["flux"])
     with pytest.raises(KeyError, match=re.escape(lc.filekey)):
         vreduce.lightcurve_columns(lc, ["nope"])
+
+
+def test_segment_clip_is_independent_with_nonfinite_and_unclipped_segments():
+    """Segments that are never clipped (fewer than 3 values, or zero width) and hold NaNs give
+    the same result alone as next to segments that are clipped, and ignore the NaNs; very
+    unequal lengths (several sorting grids) change nothing either."""
+    rng = np.random.default_rng(9)
+    segs = [np.array([1.0, np.nan, 2.0]), np.array([np.nan, 3.0, 3.0, 3.0, 3.0, np.inf]),
+            rng.normal(0, 1, 5000), np.array([np.nan]), rng.normal(5, 2, 7), np.zeros(0),
+            np.append(rng.normal(0, 1, 300), [50.0, np.nan])]
+    starts = np.cumsum([0] + [len(s) for s in segs[:-1]])
+    mean, rms, keep = vreduce.segment_clipped_stats(np.concatenate(segs), starts)
+    for i, sg in enumerate(segs):
+        m, s, k = vreduce.segment_clipped_stats(sg, [0])
+        np.testing.assert_array_equal(mean[i], m[0])
+        np.testing.assert_array_equal(rms[i], s[0])
+        np.testing.assert_array_equal(keep[starts[i]:starts[i] + len(sg)], k)
+        if sg.size:
+            rm, rs, rk = reference_clip(sg)
+            np.testing.assert_allclose(mean[i], rm, rtol=1e-12, equal_nan=True)
+            np.testing.assert_allclose(rms[i], rs, rtol=1e-9, equal_nan=True)
+            np.testing.assert_array_equal(keep[starts[i]:starts[i] + len(sg)], rk)
+    assert mean[0] == 1.5 and mean[1] == 3.0 and rms[1] == 0.0 and np.isnan(mean[3])
+    assert not keep[starts[6] + 300]  # the outlier was clipped

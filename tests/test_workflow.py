@@ -120,15 +120,16 @@ def test_combined_histograms_equal_one_run_over_all_bins(run):
     from vo.lightcurves.analysis import analyse_lightcurves
     from vo.lightcurves.datasets import read_lightcurves
     from vo.lightcurves.histograms import read_netcdf
+    from vo.paths import Paths
 
     root, cfgfile, _ = run
-    cfg = vconfig.load_config(cfgfile)
-    prov = yaml.safe_load((root / "WFTEST" / "provenance.yaml").read_text())["steps"]
+    cfg = vconfig.deep_merge(vconfig.load_config(), yaml.safe_load(cfgfile.read_text()))
+    P = Paths(vconfig.deep_merge(cfg, {"project": {"data_root": str(root)}}))
     lcs = []
-    for f in sorted((root / "WFTEST" / f"reduce-{prov['reduce.DEMO']['hash']}").glob("*_reduced.h5")):
+    for f in sorted(P.step_dir("reduce", "DEMO").glob("*_reduced.h5")):
         lcs += read_lightcurves(f)
     whole = analyse_lightcurves(lcs, cfg, "DEMO").histograms
-    combined = read_netcdf(root / "WFTEST" / f"combine-{prov['combine.DEMO']['hash']}" / "DEMO_histograms.nc")
+    combined = read_netcdf(P.product("combine", "DEMO"))
     assert set(whole.data_vars) == set(combined.data_vars)
     for name in whole.data_vars:
         a, b = whole[name], combined[name].reindex_like(whole[name])

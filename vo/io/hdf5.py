@@ -9,7 +9,7 @@ PyTables.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 import h5py
 import numpy as np
@@ -53,15 +53,31 @@ def read_attrs(obj: h5py.HLObject) -> dict:
     return {k: _from_attr(v) for k, v in obj.attrs.items()}
 
 
-def write_table(parent: h5py.Group, name: str, df: pd.DataFrame, attrs: dict | None = None,
-                compression: str | None = None) -> h5py.Group:
-    """Write ``df`` as group ``name`` under ``parent`` (replacing it if present)."""
+def _is_string_column(values: np.ndarray, dtype) -> bool:
+    return (values.dtype == object or values.dtype.kind == "U"
+            or (not isinstance(dtype, np.dtype) and pd.api.types.is_string_dtype(dtype)))
+
+
+def write_table(parent: h5py.Group, name: str, df: pd.DataFrame | Mapping[str, np.ndarray],
+                attrs: dict | None = None, compression: str | None = None) -> h5py.Group:
+    """Write a table as group ``name`` under ``parent`` (replacing it if present).
+
+    ``df`` is a DataFrame or a mapping of column name to 1-d array (all of one length),
+    which saves building a DataFrame; both give the same file.
+    """
     if name in parent:
         del parent[name]
     grp = parent.create_group(name)
-    for col in df.columns:
-        values = df[col].to_numpy()
-        if values.dtype == object or pd.api.types.is_string_dtype(df[col].dtype):
+    if isinstance(df, pd.DataFrame):
+        items = [(col, df[col].to_numpy(), df[col].dtype) for col in df.columns]
+        nrows = len(df)
+    else:
+        items = [(col, np.asarray(v), None) for col, v in df.items()]
+        nrows = len(items[0][1]) if items else 0
+    for col, values, dtype in items:
+        if len(values) != nrows:
+            raise ValueError(f"table {grp.name}: column {col!r} has {len(values)} rows, not {nrows}")
+        if _is_string_column(values, dtype):
             data = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
                              for v in values], dtype=object)
             grp.create_dataset(str(col), data=data, dtype=STR)
@@ -69,16 +85,18 @@ def write_table(parent: h5py.Group, name: str, df: pd.DataFrame, attrs: dict | N
             grp.create_dataset(str(col), data=values.astype(bool))
         else:
             grp.create_dataset(str(col), data=values, compression=compression)
-    grp.attrs["columns"] = json.dumps([str(c) for c in df.columns])
-    grp.attrs["nrows"] = len(df)
+    grp.attrs["columns"] = json.dumps([str(c) for c, _, _ in items])
+    grp.attrs["nrows"] = nrows
     write_attrs(grp, attrs or {})
     return grp
 
 
-def read_table(grp: h5py.Group) -> tuple[pd.DataFrame, dict]:
-    """Read a group written by :func:`write_table`: (DataFrame, attributes)."""
+def read_columns(grp: h5py.Group) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a group written by :func:`write_table` as ({column: array}, attributes), in the
+    stored column order and without building a DataFrame (strings as object arrays)."""
     attrs = read_attrs(grp)
-    columns = json.loads(grp.attrs["columns"]) if "columns" in grp.attrs else list(grp.keys())
+    columns = json.loads(attrs.pop("columns")) if "columns" in attrs else list(grp.keys())
+    attrs.pop("nrows", None)
     data = {}
     for col in columns:
         ds = grp[col]
@@ -86,6 +104,10 @@ def read_table(grp: h5py.Group) -> tuple[pd.DataFrame, dict]:
             data[col] = ds.asstr()[...].astype(object)
         else:
             data[col] = ds[...]
-    attrs.pop("columns", None)
-    attrs.pop("nrows", None)
-    return pd.DataFrame(data, columns=columns), attrs
+    return data, attrs
+
+
+def read_table(grp: h5py.Group) -> tuple[pd.DataFrame, dict]:
+    """Read a group written by :func:`write_table`: (DataFrame, attributes)."""
+    data, attrs = read_columns(grp)
+    return pd.DataFrame(data, columns=list(data)), attrs

@@ -84,32 +84,79 @@ class Batch:
         return np.repeat(np.asarray(values), self.n_epochs)
 
 
-def _attr(lc, key: str, default=np.nan):
-    value = lc.attrs.get(key, default)
-    return default if value is None else value
+def _values(attrs: list, key: str, default, required: bool = False) -> list:
+    """``attrs[i][key]`` of every light curve (``default`` where missing or None)."""
+    if required:
+        return [a[key] for a in attrs]
+    return [default if (v := a.get(key)) is None else v for a in attrs]
+
+
+def _meta(lcs: list) -> dict:
+    """Per-light-curve identifiers and statistics from the attributes (KeyError naming a
+    light curve that lacks a required one)."""
+    attrs = [lc.attrs for lc in lcs]
+    for key in ("source_name", "filter", "reduction_number"):
+        lacking = [i for i, a in enumerate(attrs) if key not in a]
+        if lacking:
+            i = lacking[0]
+            raise KeyError(f"light curve {i} of {len(lcs)} lacks the attribute {key!r} "
+                           f"(it has {sorted(attrs[i])})")
+    meta = {"source_name": [str(v) for v in _values(attrs, "source_name", None, True)],
+            "obs": [str(v) for v in _values(attrs, "obs", "")],
+            "filekey": [lc.filekey for lc in lcs],
+            "filter": [str(v) for v in _values(attrs, "filter", None, True)],
+            "season": _ints(_values(attrs, "season", -1)),
+            "reduction_number": _ints(_values(attrs, "reduction_number", None, True)),
+            "reduction_total": _ints(_values(attrs, "reduction_total", -1))}
+    for key in ("cat_ra", "cat_dec", "cat_mag", "mjd_start", "mjd_end", "flux_mean", "flux_rms",
+                "err_scale", "mag_mean"):
+        meta[key] = np.array([float(v) for v in _values(attrs, key, np.nan)], dtype=float)
+    return meta
+
+
+def _ints(values: list) -> np.ndarray:
+    return np.array([int(v) for v in values], dtype=np.int64)
+
+
+def _shared_block(lcs: list) -> tuple[dict, np.ndarray, int, int] | None:
+    """``(columns, starts, first, stop)`` when the light curves are consecutive rows
+    ``first:stop`` of one shared set of arrays (as :func:`make_lightcurves_many` makes them,
+    in its order), ``starts`` relative to ``first``; else None."""
+    blocks = [lc.block() for lc in lcs]
+    if not blocks or blocks[0] is None:
+        return None
+    columns = blocks[0][0]
+    if any(b is None or b[0] is not columns for b in blocks):
+        return None
+    spans = np.array([b[1:] for b in blocks], dtype=np.int64)
+    if np.any(spans[1:, 0] != spans[:-1, 1]) or any(c not in columns for c in REQUIRED_COLUMNS):
+        return None
+    first = int(spans[0, 0])
+    return columns, spans[:, 0] - first, first, int(spans[-1, 1])
 
 
 def concat_lightcurves(lcs: list) -> Batch:
-    """Concatenate the data columns of ``lcs`` and collect their attributes."""
-    per_lc = [lightcurve_columns(lc, REQUIRED_COLUMNS) for lc in lcs]
-    sizes = np.array([len(c["mjd"]) for c in per_lc], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if lcs else np.zeros(0, np.int64)
-    cols = {}
+    """Concatenate the data columns of ``lcs`` and collect their attributes.
+
+    Light curves that are consecutive rows of shared arrays (a reduction's output) are not
+    copied: the columns are views of those arrays.
+    """
+    shared = _shared_block(lcs)
+    if shared is not None:
+        columns, starts, first, stop = shared
+        cols = {c: columns[c][first:stop] for c in REQUIRED_COLUMNS}
+    else:
+        per_lc = [lightcurve_columns(lc, REQUIRED_COLUMNS) for lc in lcs]
+        sizes = np.array([len(c["mjd"]) for c in per_lc], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if lcs else np.zeros(0, np.int64)
+        cols = {}
+        for c in REQUIRED_COLUMNS:
+            parts = [p[c] for p in per_lc]
+            cols[c] = np.concatenate(parts) if parts else np.zeros(0)
     for c in REQUIRED_COLUMNS:
-        parts = [p[c] for p in per_lc]
-        cols[c] = np.concatenate(parts) if parts else np.zeros(0)
         if c != "flag":
             cols[c] = cols[c].astype(float, copy=False)
-    meta = {"source_name": [str(lc.attrs["source_name"]) for lc in lcs],
-            "obs": [str(_attr(lc, "obs", "")) for lc in lcs],
-            "filekey": [lc.filekey for lc in lcs],
-            "filter": [str(lc.attrs["filter"]) for lc in lcs],
-            "season": np.array([int(_attr(lc, "season", -1)) for lc in lcs], dtype=np.int64),
-            "reduction_number": np.array([int(lc.attrs["reduction_number"]) for lc in lcs], dtype=np.int64),
-            "reduction_total": np.array([int(_attr(lc, "reduction_total", -1)) for lc in lcs], dtype=np.int64)}
-    for key in ("cat_ra", "cat_dec", "cat_mag", "mjd_start", "mjd_end", "flux_mean", "flux_rms",
-                "err_scale", "mag_mean"):
-        meta[key] = np.array([float(_attr(lc, key)) for lc in lcs], dtype=float)
+    meta = _meta(lcs)
     no_mag = ~np.isfinite(meta["mag_mean"])
     meta["mag_mean"][no_mag] = flux_to_mag(meta["flux_mean"][no_mag])
     meta["err_scale"][~np.isfinite(meta["err_scale"])] = 1.0
@@ -141,8 +188,7 @@ def _detections(batch: Batch, events: dict, simulated: bool, sim_rows: pd.DataFr
         table["sim_params"] = np.full(n, "", dtype=object)
     else:
         table["sim_type"] = sim_rows["sim_type"].to_numpy(dtype=object)
-        table["sim_params"] = np.array([vsim.sim_params_json(r) for r in sim_rows.to_dict("records")],
-                                       dtype=object)
+        table["sim_params"] = np.array(vsim.sim_params_json_many(sim_rows), dtype=object)
     return pd.DataFrame(table, columns=list(DETECTION_COLUMNS))
 
 

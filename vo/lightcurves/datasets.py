@@ -8,6 +8,7 @@ crash never corrupts a file.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ import pandas as pd
 from vo.io import hdf5 as vh5
 
 
+@functools.lru_cache(maxsize=1 << 16)  # light-curve keys ask for each source's key many times
 def sanitize_key(name: str) -> str:
     """HDF5-safe group key of a source name (``/`` and spaces become ``_``)."""
     key = re.sub(r"[^A-Za-z0-9_.+\-]", "_", str(name).strip())
@@ -142,7 +144,33 @@ class Lightcurve(_FileDataset):
     filter, season, reduction_number, reduction_total, cat_ra, cat_dec, cat_mag,
     flux_mean, flux_rms (uJy), err_scale, mag_mean, n_epochs, mjd_start, mjd_end.
     In a file, the group ``filekey`` holds ``data`` and its attributes are ``attrs``.
+
+    Instead of a DataFrame, the data may be given as numpy ``columns`` ({name: 1-d array}),
+    optionally with ``span=(start, stop)``: the rows ``start:stop`` of those arrays, so that
+    the light curves of a reduction share one set of concatenated arrays (a *block*).
+    Building a DataFrame costs far more than reducing a light curve, and the analysis
+    needs only the arrays (:meth:`column_arrays`, :meth:`block`), so ``data`` builds it
+    on first access; from then on the DataFrame is the only copy (changes made to it are
+    never missed) and the light curve no longer belongs to a block.
     """
+
+    def __init__(self, data: pd.DataFrame | None = None, attrs: dict | None = None,
+                 filename: str | None = None, folder: str | None = None, filekey: str | None = None,
+                 columns: dict | None = None, span: tuple[int, int] | None = None):
+        super().__init__(data=data, attrs=attrs, filename=filename, folder=folder, filekey=filekey)
+        if columns is not None and data is not None:
+            raise ValueError("Lightcurve: give data or columns, not both")
+        self._columns = columns
+        self._span = span
+
+    @classmethod
+    def in_block(cls, attrs: dict, columns: dict, span: tuple[int, int]) -> "Lightcurve":
+        """``Lightcurve(attrs=attrs, columns=columns, span=span)`` without a file, made
+        faster (a reduction makes thousands); ``attrs`` is kept, not copied."""
+        lc = cls.__new__(cls)
+        lc._data, lc.attrs, lc.filename, lc.folder, lc._filekey = None, attrs, None, None, None
+        lc._columns, lc._span = columns, span
+        return lc
 
     @property
     def filekey(self) -> str:
@@ -152,18 +180,80 @@ class Lightcurve(_FileDataset):
         return (f"{sanitize_key(a['source_name'])}_reduction_"
                 f"{int(a['reduction_number']):02d}_of_{int(a['reduction_total']):02d}")
 
+    @property
+    def data(self) -> pd.DataFrame:
+        """The table: built from the numpy columns, or read from the file, on first use."""
+        if self._data is None and self._columns is not None:
+            cols = self._own_columns()
+            self._data = pd.DataFrame(cols, columns=list(cols))
+            self._columns = self._span = None
+        return _FileDataset.data.fget(self)
+
+    @data.setter
+    def data(self, value: pd.DataFrame) -> None:
+        self._data, self._columns, self._span = value, None, None
+
+    def load(self):
+        """Read ``data`` and ``attrs`` from group ``filekey`` of the file; returns self."""
+        super().load()
+        self._columns = self._span = None
+        return self
+
+    def _own_columns(self) -> dict:
+        if self._span is None:
+            return self._columns
+        a, b = self._span
+        return {c: v[a:b] for c, v in self._columns.items()}
+
+    def block(self) -> tuple[dict, int, int] | None:
+        """``(columns, start, stop)`` when the data are rows of shared arrays, else None."""
+        if self._columns is None or self._span is None:
+            return None
+        return self._columns, self._span[0], self._span[1]
+
+    def column_arrays(self, names) -> dict[str, np.ndarray]:
+        """The data columns ``names`` as numpy arrays, without building a DataFrame when
+        there is none yet.  Raises KeyError naming the light curve and the missing columns,
+        ValueError when there are no data."""
+        if self._columns is not None:
+            have = self._columns
+        elif self.data is not None:
+            have = self._data
+        else:
+            raise ValueError(f"light curve {self.filekey} has no data loaded")
+        missing = [c for c in names if c not in have]
+        if missing:
+            raise KeyError(f"light curve {self.filekey} lacks data columns {missing}")
+        if self._columns is None:
+            return {c: have[c].to_numpy() for c in names}
+        if self._span is None:
+            return {c: have[c] for c in names}
+        a, b = self._span
+        return {c: have[c][a:b] for c in names}
+
+    def __len__(self) -> int:
+        if self._columns is not None:
+            if self._span is not None:
+                return self._span[1] - self._span[0]
+            return len(next(iter(self._columns.values()), ()))
+        return 0 if self._data is None else len(self._data)
+
     def __repr__(self) -> str:
-        n = 0 if self._data is None else len(self._data)
-        return f"Lightcurve({self.filekey!r}, {n} epochs)"
+        return f"Lightcurve({self.filekey!r}, {len(self)} epochs)"
+
+    def _table(self):
+        """What to write: the numpy columns (no DataFrame built) or the DataFrame."""
+        return self._own_columns() if self._columns is not None else self._data
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write (or replace) this light curve's group in its file (lock + copy-on-write)."""
         from vo.lightcurves.rawstore import write_groups
 
-        if self._data is None:
+        table = self._table()
+        if table is None:
             raise ValueError(f"{self!r}: nothing to save (data is None)")
         path = self._set_path(path)
-        write_groups(path, {self.filekey: (self._data, self.attrs)})
+        write_groups(path, {self.filekey: (table, self.attrs)})
         return path
 
     def plot(self, ax=None):
@@ -195,14 +285,14 @@ def write_lightcurves(path: str | os.PathLike, lcs: list[Lightcurve], attrs: dic
     for lc in lcs:
         if lc.filekey in items:
             raise ValueError(f"{path}: two light curves with key {lc.filekey!r}")
-        items[lc.filekey] = (lc.data, lc.attrs)
+        items[lc.filekey] = (lc._table() if lc._columns is not None else lc.data, lc.attrs)
     write_groups(path, items, file_attrs={**(attrs or {}), "n_lightcurves": len(items)}, fresh=True)
     for lc in lcs:
         lc._set_path(path)
 
 
 def read_lightcurves(path: str | os.PathLike) -> list[Lightcurve]:
-    """Every light curve in ``path`` (data loaded), in the file's key order."""
+    """Every light curve in ``path`` (data loaded as numpy columns), in the file's key order."""
     folder, filename = os.path.split(os.path.abspath(path))
     try:
         f = h5py.File(path, "r")
@@ -212,8 +302,9 @@ def read_lightcurves(path: str | os.PathLike) -> list[Lightcurve]:
     with f:
         for key in f:
             try:
-                data, attrs = vh5.read_table(f[key])
+                columns, attrs = vh5.read_columns(f[key])
             except Exception as exc:  # any corruption: name the file and the key
                 raise OSError(f"{path}: cannot read light curve {key!r}: {exc}") from exc
-            out.append(Lightcurve(data=data, attrs=attrs, filename=filename, folder=folder, filekey=key))
+            out.append(Lightcurve(columns=columns, attrs=attrs, filename=filename, folder=folder,
+                                  filekey=key))
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vo.lightcurves.reduce import angular_offset_arcsec, segment_clipped_stats, segment_ids, segment_sum
+from vo.lightcurves.reduce import angular_offset_arcsec, segment_clipped_stats, segment_sum
 
 #: Names of the checks, in the order they are reported.
 CHECKS = ("flag", "nonfinite", "offset", "offset_outlier")
@@ -31,16 +31,19 @@ def nonfinite(mjd, flux, fluxerr, dsnr) -> np.ndarray:
     return ~(np.isfinite(mjd) & np.isfinite(flux) & np.isfinite(dsnr)) | bad_err
 
 
-def offsets(ra, dec, cat_ra, cat_dec, lc_index=None) -> np.ndarray:
+def offsets(ra, dec, cat_ra, cat_dec, lc_index=None, sizes=None) -> np.ndarray:
     """Offset (arcsec) of each epoch's position from its target; NaN without a position.
 
     ``cat_ra``, ``cat_dec`` (deg) are scalars, or one value per light curve with
-    ``lc_index`` giving each epoch's light curve.
+    ``lc_index`` giving each epoch's light curve, or ``sizes`` the number of epochs of each
+    light curve (epochs grouped by light curve; faster).
     """
     cat_ra = np.asarray(cat_ra, dtype=float)
     cat_dec = np.asarray(cat_dec, dtype=float)
     cos_dec = np.cos(np.radians(cat_dec))
-    if lc_index is not None:
+    if sizes is not None:
+        cat_ra, cat_dec, cos_dec = (np.repeat(v, sizes) for v in (cat_ra, cat_dec, cos_dec))
+    elif lc_index is not None:
         cat_ra, cat_dec, cos_dec = cat_ra[lc_index], cat_dec[lc_index], cos_dec[lc_index]
     return angular_offset_arcsec(ra, dec, cat_ra, cat_dec, cos_dec)
 
@@ -60,12 +63,11 @@ def offset_outliers(offset, starts, offset_sigma: float) -> np.ndarray:
     """
     offset = np.asarray(offset, dtype=float)
     starts = np.asarray(starts, dtype=np.int64)
-    mean, rms, _ = segment_clipped_stats(offset, starts, sigma=offset_sigma)
-    seg = segment_ids(starts, offset.size)
+    mean, rms, _ = segment_clipped_stats(offset, starts, sigma=offset_sigma, return_keep=False)
     n_finite = segment_sum(np.isfinite(offset), starts)
     limit = np.where(n_finite >= MIN_OFFSETS_FOR_OUTLIERS, mean + offset_sigma * rms, np.inf)
     with np.errstate(invalid="ignore"):
-        return offset > np.nan_to_num(limit, nan=np.inf)[seg]
+        return offset > np.repeat(np.nan_to_num(limit, nan=np.inf), np.diff(np.append(starts, offset.size)))
 
 
 def check_epochs(cols: dict, starts, cat_ra, cat_dec, pars: dict) -> tuple[np.ndarray, dict, np.ndarray]:
@@ -87,7 +89,7 @@ def check_epochs(cols: dict, starts, cat_ra, cat_dec, pars: dict) -> tuple[np.nd
     """
     starts = np.asarray(starts, dtype=np.int64)
     n = np.asarray(cols["mjd"]).size
-    off = offsets(cols["ra"], cols["dec"], cat_ra, cat_dec, segment_ids(starts, n))
+    off = offsets(cols["ra"], cols["dec"], cat_ra, cat_dec, sizes=np.diff(np.append(starts, n)))
     bad = {"flag": flagged(cols["flag"]),
            "nonfinite": nonfinite(cols["mjd"], cols["flux"], cols["fluxerr"], cols["dsnr"]),
            "offset": far_from_target(off, pars["max_offset"]),

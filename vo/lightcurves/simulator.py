@@ -71,24 +71,36 @@ def paczynski(u):
     return (u2 + 2.0) / np.sqrt(u2 * (u2 + 4.0))
 
 
+def _shape(code: int, dt, amplitude, duration) -> np.ndarray:
+    """Unsigned excess per unit amplitude of events of one type (see :func:`excess`)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if code == 0:
+            return np.exp(np.where(dt < 0, dt / (FLARE_RISE * duration), -dt / duration))
+        if code == 1:
+            w = DIP_EDGE * duration
+            box = 0.5 * (np.tanh((dt + duration / 2) / w) - np.tanh((dt - duration / 2) / w))
+            box /= np.tanh(duration / (2 * w))
+            return box
+        u0 = microlensing_u0(amplitude)
+        return (paczynski(np.hypot(u0, dt / duration)) - 1.0) / amplitude
+
+
 def excess(type_code, dt, amplitude, duration) -> np.ndarray:
     """Excess flux (fraction of the mean flux, signed) of events at times ``dt`` from the peak.
 
     All arguments broadcast; ``type_code`` indexes :data:`SIM_TYPES`; ``dt`` and
-    ``duration`` are in days.
+    ``duration`` are in days.  Each model is evaluated only where it applies.
     """
-    type_code = np.asarray(type_code)
-    dt = np.asarray(dt, dtype=float)
-    amplitude = np.asarray(amplitude, dtype=float)
-    duration = np.asarray(duration, dtype=float)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        flare = np.exp(np.where(dt < 0, dt / (FLARE_RISE * duration), -dt / duration))
-        w = DIP_EDGE * duration
-        box = 0.5 * (np.tanh((dt + duration / 2) / w) - np.tanh((dt - duration / 2) / w))
-        box /= np.tanh(duration / (2 * w))
-        u0 = microlensing_u0(amplitude)
-        lens = (paczynski(np.hypot(u0, dt / duration)) - 1.0) / amplitude
-    shape = np.select([type_code == 0, type_code == 1], [flare, box], lens)
+    type_code, dt, amplitude, duration = np.broadcast_arrays(
+        np.asarray(type_code), np.asarray(dt, dtype=float), np.asarray(amplitude, dtype=float),
+        np.asarray(duration, dtype=float))
+    shape = np.empty(dt.shape)
+    for code in range(len(SIM_TYPES)):
+        where = (type_code == code) if code < 2 else (type_code != 0) & (type_code != 1)
+        if where.all():
+            shape = _shape(code, dt, amplitude, duration)
+        elif where.any():
+            shape[where] = _shape(code, dt[where], amplitude[where], duration[where])
     return SIGN[type_code] * amplitude * shape
 
 
@@ -142,8 +154,14 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 def uniform(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
     """Uniform numbers in (0, 1) from (key, counter) pairs (both uint64 arrays)."""
+    counters = np.asarray(counters, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        z = _mix64(keys ^ _mix64((counters + np.uint64(1)) * _GOLDEN))
+        top = int(counters.max()) if counters.size else 0
+        if counters.size > 4 * top + 64:  # few distinct counters: hash each once
+            inner = _mix64((np.arange(top + 1, dtype=np.uint64) + np.uint64(1)) * _GOLDEN)[counters]
+        else:
+            inner = _mix64((counters + np.uint64(1)) * _GOLDEN)
+        z = _mix64(keys ^ inner)
     return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
 
 
@@ -308,6 +326,32 @@ def sim_params_json(row) -> str:
                        "peak_time": float(row["peak_time"]), "window_start": float(row["window_start"]),
                        "window_end": float(row["window_end"]),
                        "injected_snr": float(row["injected_snr"])}, sort_keys=True)
+
+
+_JSON_FLOAT_KEYS = ("amplitude", "duration", "injected_snr", "peak_time", "window_end", "window_start")
+
+
+def _json_floats(values) -> list[str]:
+    """JSON texts of floats, as ``json.dumps`` writes them (repr; NaN, Infinity, -Infinity)."""
+    values = np.asarray(values, dtype=float)
+    if np.isfinite(values).all():
+        return [repr(v) for v in values.tolist()]
+    return [json.dumps(v) for v in values.tolist()]
+
+
+def sim_params_json_many(table: pd.DataFrame) -> list[str]:
+    """:func:`sim_params_json` of every row of an injections table (the same strings), without
+    a dict and a ``json.dumps`` call per row."""
+    if len(table) == 0:
+        return []
+    f = {k: _json_floats(table[k].to_numpy()) for k in _JSON_FLOAT_KEYS}
+    types = {t: json.dumps(str(t)) for t in pd.unique(table["sim_type"])}
+    sim_type = [types[t] for t in table["sim_type"].tolist()]
+    injection = table["injection"].to_numpy().astype(np.int64).tolist()
+    return [f'{{"amplitude": {a}, "duration": {d}, "injected_snr": {s}, "injection": {j}, '
+            f'"peak_time": {p}, "sim_type": {t}, "window_end": {we}, "window_start": {ws}}}'
+            for a, d, s, j, p, t, we, ws in zip(f["amplitude"], f["duration"], f["injected_snr"], injection,
+                                                f["peak_time"], sim_type, f["window_end"], f["window_start"])]
 
 
 def efficiency_counts(counts: dict, amplitude_edges, duration_edges) -> pd.DataFrame:

@@ -7,12 +7,15 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
 
 from vo import config as vconfig
+from vo.io import hdf5 as vh5
 from vo.lightcurves import reduce as vreduce
 from vo.lightcurves.datasets import RawPhotometry, sanitize_key
-from vo.lightcurves.rawstore import RawStore, utc_now
+from vo.lightcurves.rawstore import RawStore, StoreError, utc_now
 from vo.provenance import short_hash
 
 log = logging.getLogger("vo.observatories")
@@ -155,7 +158,11 @@ class VirtualObservatory:
 
     # -- reduce ----------------------------------------------------------------------
     def to_standard(self, raw: pd.DataFrame) -> pd.DataFrame:
-        """Map the survey's raw table to :data:`vo.lightcurves.reduce.STANDARD_COLUMNS`."""
+        """Map the survey's raw table to :data:`vo.lightcurves.reduce.STANDARD_COLUMNS`.
+
+        Must map rows one to one, in order (each output row from its own input row):
+        :meth:`reduce_store` applies it once to the concatenated tables of many sources.
+        """
         raise NotImplementedError
 
     def reduce_source(self, raw: pd.DataFrame, cat_row: dict) -> list:
@@ -174,21 +181,75 @@ class VirtualObservatory:
             raise ValueError("reduce: give cat_row (the target's catalog row) with a raw DataFrame")
         return self.reduce_source(raw, cat_row)
 
+    def reduce_many(self, raws: list[dict], cat_rows: list[dict]) -> list:
+        """Light curves of many targets: the same as :meth:`reduce_source` target by target.
+
+        ``raws`` are the raw tables as column mappings ({name: array}, as
+        :func:`vo.io.hdf5.read_columns` gives) or DataFrames.  When all have the same columns
+        they are concatenated and mapped by :meth:`to_standard` once, and all targets are
+        reduced in one :func:`vo.lightcurves.reduce.make_lightcurves_many` call.
+        """
+        if not raws:
+            return []
+        sizes = [len(next(iter(r.values()), ())) if isinstance(r, dict) else len(r) for r in raws]
+        names = {tuple(r.columns if isinstance(r, pd.DataFrame) else r.keys()) for r in raws}
+        std = None
+        if len(names) == 1:
+            (cols,) = names
+            table = pd.DataFrame({c: np.concatenate([np.asarray(r[c]) for r in raws]) for c in cols},
+                                 columns=list(cols))
+            std = self.to_standard(table)
+            if len(std) != len(table):
+                std = None  # not a row-by-row mapping: standardise source by source
+        if std is not None:
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        else:
+            frames = [r if isinstance(r, pd.DataFrame) else pd.DataFrame(r, columns=list(r)) for r in raws]
+            std, starts = vreduce.concat_sources([self.to_standard(f) for f in frames])
+        return vreduce.make_lightcurves_many(std, starts, cat_rows, self.pars["reducer"], self.name)
+
     def reduce_store(self, store_path, targets: pd.DataFrame) -> list:
-        """Light curves of every target found in the raw store (file opened once).
+        """Light curves of every target found in the raw store (file opened once), reduced
+        together (:meth:`reduce_many`), in the targets' order.
 
         The targets' rows (positions at the observation epoch) are the ``cat_row`` of the
         reduction; a target missing from the store is skipped with a warning.
         """
         by_key = {sanitize_key(r["name"]): r for r in targets.to_dict("records")}
-        lcs, missing = [], []
-        for key, raw, _attrs in RawStore(store_path).read_many(list(by_key)):
+        raws, rows, missing = [], [], []
+        for key, raw in read_raw_columns(store_path, list(by_key)):
             if raw is None:
                 missing.append(by_key[key]["name"])
-                continue
-            lcs.extend(self.reduce_source(raw, by_key[key]))
+            else:
+                raws.append(raw)
+                rows.append(by_key[key])
         if missing:
             warnings.warn(f"{store_path}: {len(missing)} targets have no raw photometry "
                           f"(skipped): {', '.join(map(str, missing[:10]))}"
                           f"{' ...' if len(missing) > 10 else ''}", stacklevel=2)
-        return lcs
+        return self.reduce_many(raws, rows)
+
+
+def read_raw_columns(store_path, keys):
+    """Yield ``(key, {column: array})`` of each source of a raw store, opening the file once
+    and building no DataFrame; a missing store or key gives ``(key, None)``.  Raises
+    :class:`~vo.lightcurves.rawstore.StoreError` naming the file and key of a bad group."""
+    path = Path(store_path)
+    if not path.exists():
+        for key in keys:
+            yield key, None
+        return
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open raw store: {exc}") from exc
+    with f:
+        for key in keys:
+            if key not in f:
+                yield key, None
+                continue
+            try:
+                cols, _ = vh5.read_columns(f[key])
+            except Exception as exc:  # any corruption: name the file and the key
+                raise StoreError(f"{path}: cannot read source {key!r}: {exc}") from exc
+            yield key, cols
