@@ -4,7 +4,7 @@ Why an analytic model (and not a pixelated one): survey CCDs in good seeing are 
 undersampled (FWHM 2-3 pix), where shifting a pixel-grid PSF to a star's sub-pixel position
 (Fourier or bicubic) aliases and biases fluxes at the percent level; and a pixel grid stops at its
 edge, losing the few per cent of the light in the Moffat wings. The analytic profile is integrated
-over each pixel (mean of ``subsample`` x ``subsample`` points), is exactly normalised to unit total
+over each pixel (``subsample`` x ``subsample`` Gauss-Legendre points), is exactly normalised to unit total
 flux (so PSF fluxes are total fluxes), and has analytic derivatives, so every star is fitted at
 once with a batched Levenberg-Marquardt in numpy. Shape differences from a real PSF scale every
 star's flux by the same factor, which the zero point's aperture correction absorbs.
@@ -43,9 +43,15 @@ class PSFError(ValueError):
 # --------------------------------------------------------------------------- profile
 
 
-def _offsets(subsample: int) -> np.ndarray:
-    """Sub-pixel sample offsets from the pixel centre (pix), midpoints of ``subsample`` cells."""
-    return ((np.arange(subsample) + 0.5) / subsample - 0.5).astype(np.float32)
+def quadrature(subsample: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes (offsets from the pixel centre, pix) and weights (sum 1) over a pixel.
+
+    Why Gauss-Legendre (and not the mean of ``subsample`` evenly spaced points): at FWHM 1.8 pix
+    2x2 points integrate a Moffat beta = 3 over the pixels 4x more accurately than 3x3 evenly
+    spaced ones (0.2% vs 0.7% of the flux misplaced), and 3x3 points to 5e-5.
+    """
+    x, w = np.polynomial.legendre.leggauss(int(subsample))
+    return (x / 2).astype(np.float32), (w / 2).astype(np.float32)
 
 
 def moffat_pixels(dx, dy, a11, a12, a22, beta, subsample: int = 3, derivs: bool = False):
@@ -58,16 +64,18 @@ def moffat_pixels(dx, dy, a11, a12, a22, beta, subsample: int = 3, derivs: bool 
     a11, a12, a22, beta : (N,) arrays
         Shape matrix entries (1/pix^2) and Moffat index.
     subsample : int
-        Sample points per pixel side (the pixel mean is taken over ``subsample**2`` points).
-    derivs : bool
-        Also return the derivatives with respect to (x0, y0, a11, a12, a22, beta).
+        Gauss-Legendre points per pixel side (``subsample**2`` points per pixel).
+    derivs : bool or "xy"
+        Also return the derivatives with respect to (x0, y0, a11, a12, a22, beta); with "xy"
+        only those with respect to the position (x0, y0) (what PSF photometry needs).
 
     Returns
     -------
     m : (N, S, S) float32 array (fraction of the source flux in each pixel)
-    dm : (6, N, S, S) float32 array, only with ``derivs``
+    dm : (6, N, S, S) (or (2, N, S, S) with "xy") float32 array, only with ``derivs``
     """
-    o = _offsets(subsample)
+    o, w = quadrature(subsample)
+    W = w[:, None] * w[None, :]                                   # (s, s) weights, sum 1
     shape4 = (-1, 1, 1, 1, 1)
     a11, a12, a22, beta = (np.asarray(v, np.float32).reshape(shape4) for v in (a11, a12, a22, beta))
     X = np.asarray(dx, np.float32)[..., None, None] + o[:, None]   # (N, S, S, s, 1)
@@ -76,18 +84,21 @@ def moffat_pixels(dx, dy, a11, a12, a22, beta, subsample: int = 3, derivs: bool 
     det = a11 * a22 - a12 * a12
     norm = (beta - 1) / np.pi * np.sqrt(det)
     lt = np.log1p(q)
-    m = norm * np.exp(-beta * lt)
-    out = m.mean(axis=(-2, -1))
+    m = (norm * W) * np.exp(-beta * lt)  # profile times the quadrature weight of each point
+    out = m.sum(axis=(-2, -1))
     if not derivs:
         return out
-    mt = beta * m / (1 + q)
-    d = np.empty((6,) + out.shape, np.float32)
-    d[0] = (2 * mt * (a11 * X + a12 * Y)).mean(axis=(-2, -1))
-    d[1] = (2 * mt * (a12 * X + a22 * Y)).mean(axis=(-2, -1))
-    d[2] = (m * (0.5 * a22 / det) - mt * X * X).mean(axis=(-2, -1))
-    d[3] = (-m * (a12 / det) - 2 * mt * X * Y).mean(axis=(-2, -1))
-    d[4] = (m * (0.5 * a11 / det) - mt * Y * Y).mean(axis=(-2, -1))
-    d[5] = (m * (1 / (beta - 1) - lt)).mean(axis=(-2, -1))
+    mt = (2 * beta) * m / (1 + q)
+    d = np.empty((2 if derivs == "xy" else 6,) + out.shape, np.float32)
+    d[0] = (mt * (a11 * X + a12 * Y)).sum(axis=(-2, -1))
+    d[1] = (mt * (a12 * X + a22 * Y)).sum(axis=(-2, -1))
+    if derivs == "xy":
+        return out, d
+    mt *= 0.5
+    d[2] = (m * (0.5 * a22 / det) - mt * X * X).sum(axis=(-2, -1))
+    d[3] = (-m * (a12 / det) - 2 * mt * X * Y).sum(axis=(-2, -1))
+    d[4] = (m * (0.5 * a11 / det) - mt * Y * Y).sum(axis=(-2, -1))
+    d[5] = (m * (1 / (beta - 1) - lt)).sum(axis=(-2, -1))
     return out, d
 
 
@@ -156,7 +167,7 @@ class PSFModel:
     shape : (ny, nx)
         Image shape (pix); positions are scaled as ``u = 2 x / (nx - 1) - 1``, likewise ``v``.
     subsample : int
-        Sample points per pixel side used to integrate the profile over a pixel.
+        Gauss-Legendre points per pixel side used to integrate the profile over a pixel.
     stars : astropy Table or None
         The stars the model was fitted to (x, y, flux, per-star parameters, used flag).
     """
@@ -186,11 +197,12 @@ class PSFModel:
             return float(moffat_fwhm(*self.params([x], [y]))[0])
         return moffat_fwhm(*self.params(x, y))
 
-    def render(self, x, y, half: int, derivs: bool = False):
+    def render(self, x, y, half: int, derivs: bool = False, subsample: int | None = None):
         """Pixel-integrated PSF stamps around the pixels nearest (x, y) (see :func:`stamp_grid`).
 
         Returns ``(ix, iy, stamps)`` or, with ``derivs``, ``(ix, iy, stamps, d/dx0, d/dy0)``;
         stamps are (N, 2*half+1, 2*half+1) float32, normalised to unit total flux.
+        ``subsample`` overrides the model's Gauss-Legendre points per pixel side.
         """
         x, y = np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float)
         ix, iy, dx, dy = stamp_grid(x, y, half)
@@ -201,7 +213,8 @@ class PSFModel:
             gx, gy = np.empty_like(m), np.empty_like(m)
         for lo in range(0, x.size, CHUNK):
             sl = slice(lo, lo + CHUNK)
-            res = moffat_pixels(dx[sl], dy[sl], *(p[sl] for p in pars), self.subsample, derivs)
+            res = moffat_pixels(dx[sl], dy[sl], *(p[sl] for p in pars), subsample or self.subsample,
+                                "xy" if derivs else False)
             if derivs:
                 m[sl], gx[sl], gy[sl] = res[0], res[1][0], res[1][1]
             else:
@@ -228,7 +241,13 @@ class PSFModel:
 
 def fit_stars(sub, weight, rms, x, y, fwhm0: float, half: int, subsample: int = 3,
               n_iter: int = 40) -> Table:
-    """Fit a free elliptical Moffat to each star (batched Levenberg-Marquardt).
+    """Fit a free elliptical Moffat plus a constant local sky to each star (batched
+    Levenberg-Marquardt).
+
+    The local sky absorbs the error of the background map under the star: a map estimated
+    with the stars' faint wings in its meshes (sep, SExtractor) sits a few e- above the true
+    sky, which, left in, cuts the wings of every PSF star and biases beta high (3.16 for 3.0
+    at FWHM 3.5 pix) and so the PSF fluxes low by 1%.
 
     Parameters
     ----------
@@ -248,7 +267,8 @@ def fit_stars(sub, weight, rms, x, y, fwhm0: float, half: int, subsample: int = 
 
     Returns
     -------
-    Table with x, y, flux (e-), a11, a12, a22, beta, fwhm, chi2 (reduced), ok.
+    Table with x, y, flux (e-), a11, a12, a22, beta, fwhm, sky (e-/pix, local level above
+    ``sub``), chi2 (reduced), ok.
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = x.size
@@ -259,7 +279,8 @@ def fit_stars(sub, weight, rms, x, y, fwhm0: float, half: int, subsample: int = 
     s2 = np.where(w > 0, s.astype(np.float32) ** 2, 1)
     beta0 = 3.0
     alpha0 = fwhm0 / (2 * np.sqrt(2 ** (1 / beta0) - 1))
-    p = np.zeros((n, 7))
+    npar = 8  # flux, x0, y0, a11, a12, a22, beta, sky
+    p = np.zeros((n, npar))
     p[:, 1], p[:, 2] = x, y
     p[:, 3], p[:, 5], p[:, 6] = 1 / alpha0 ** 2, 1 / alpha0 ** 2, beta0
     p[:, 0] = np.maximum((d * inside).sum(axis=(1, 2)), 1.0)
@@ -285,26 +306,28 @@ def fit_stars(sub, weight, rms, x, y, fwhm0: float, half: int, subsample: int = 
         m, dm = model(act, q, True)
         fm = q[:, 0, None, None].astype(np.float32) * m
         u = inside[act] / (s2[act] + np.maximum(fm, 0))
-        r = d[act] - fm
+        r = d[act] - fm - q[:, 7, None, None].astype(np.float32)
         c_cur = (u * r * r).sum(axis=(1, 2), dtype=np.float64)
         c[act] = c_cur
-        J = np.empty((7,) + m.shape, np.float32)
+        J = np.empty((npar,) + m.shape, np.float32)
         J[0] = m
-        J[1:] = q[:, 0, None, None].astype(np.float32) * dm
-        J = J.reshape(7, act.size, -1)
+        J[1:7] = q[:, 0, None, None].astype(np.float32) * dm
+        J[7] = 1
+        J = J.reshape(npar, act.size, -1)
         uf, rf = u.reshape(act.size, -1), r.reshape(act.size, -1)
         H = np.einsum("inp,np,jnp->nij", J, uf, J, dtype=np.float64)
         g = np.einsum("inp,np,np->ni", J, uf, rf, dtype=np.float64)
         diag = np.einsum("nii->ni", H) + 1e-30
-        H = H + (lam[act, None] * diag)[:, :, None] * np.eye(7)
+        H = H + (lam[act, None] * diag)[:, :, None] * np.eye(npar)
         bad_h = ~np.all(np.isfinite(H), axis=(1, 2)) | (np.linalg.det(H) <= 0)
-        H[bad_h] = np.eye(7)
+        H[bad_h] = np.eye(npar)
         g[bad_h] = 0
         trial = q + np.linalg.solve(H, g[..., None])[..., 0]
         ok = valid(act, trial) & ~bad_h
         c_new = np.full(act.size, np.inf)
         if ok.any():
-            rt = d[act[ok]] - trial[ok, 0, None, None].astype(np.float32) * model(act[ok], trial[ok], False)
+            rt = (d[act[ok]] - trial[ok, 0, None, None].astype(np.float32) * model(act[ok], trial[ok], False)
+                  - trial[ok, 7, None, None].astype(np.float32))
             c_new[ok] = (u[ok] * rt * rt).sum(axis=(1, 2), dtype=np.float64)
         better = c_new < c_cur
         converged = better & ((c_cur - c_new) < 1e-5 * c_cur + 1e-2)
@@ -313,12 +336,13 @@ def fit_stars(sub, weight, rms, x, y, fwhm0: float, half: int, subsample: int = 
         lam[act] = np.where(better, lam[act] / 3, lam[act] * 5)
         act = act[~converged & (lam[act] < 1e6) & ~bad_h]
     ok_all = valid(np.arange(n), p) & np.isfinite(c)
-    dof = np.maximum(inside.sum(axis=(1, 2)) - 7, 1)
+    dof = np.maximum(inside.sum(axis=(1, 2)) - npar, 1)
     t = Table()
     t["x"], t["y"], t["flux"] = p[:, 1], p[:, 2], p[:, 0]
     for k, name in enumerate(PARAMS):
         t[name] = p[:, 3 + k]
     t["fwhm"] = moffat_fwhm(p[:, 3], p[:, 4], p[:, 5], p[:, 6])
+    t["sky"] = p[:, 7]
     t["chi2"] = c / dof
     t["ok"] = ok_all
     return t
@@ -376,7 +400,7 @@ def write_psf(path: str | os.PathLike, psf: PSFModel, attrs: dict | None = None)
     h["PSF_TYPE"] = ("MOFFAT", "elliptical Moffat, polynomial spatial variation")
     h["POLYDEG"] = (psf.order, "total degree of the spatial polynomial")
     h["NX"], h["NY"] = (psf.shape[1], "image width (pix)"), (psf.shape[0], "image height (pix)")
-    h["SUBSAMP"] = (psf.subsample, "samples per pixel side for pixel integration")
+    h["SUBSAMP"] = (psf.subsample, "Gauss-Legendre points per pixel side")
     h["FWHM"] = (psf.fwhm(), "PSF FWHM at the image centre (pix)")
     coef = fits.ImageHDU(np.asarray(psf.coeffs, np.float64), name="PSF_COEF")
     coef.header["PARAMS"] = (json.dumps(PARAMS), "rows of the coefficient array")

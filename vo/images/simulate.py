@@ -25,7 +25,8 @@ What goes into a CCD (all in electrons before the conversion to ADU):
 
 The photometric truth: a source of magnitude ``m`` gives ``flux = 10**(-0.4 (m - zp))`` e-
 in the exposure, with ``zp = zero_point[filter] + 2.5 log10(exptime) - extinction[filter]
-(airmass - 1) - transparency``; each star's rendered stamp sums exactly to its flux.  After
+(airmass - 1) - transparency``; each star's stamp is the Moffat integrated over its pixels,
+normalised to that total flux (the far wings beyond the stamp, 0.13% of it, are dropped).  After
 overscan, bias, flat (normalised to median 1) and gain correction, ``zp`` is the zero point
 ``m = -2.5 log10(flux_e) + zp`` of every CCD of the exposure.
 
@@ -423,33 +424,82 @@ def moffat_neff(fwhm, beta: float):
     return np.pi * a * a * (2 * beta - 1) / (beta - 1) ** 2
 
 
-def render_point_sources(shape: tuple[int, int], x, y, flux, fwhm, beta: float) -> np.ndarray:
-    """Image (float32) of Moffat point sources; each source's stamp sums to its flux.
+# Stamp half-sizes: the light outside a faint star's stamp is below STAMP_LOST_FRACTION of its
+# flux (a Moffat beta = 3 holds a fraction (1 + r^2/alpha^2)^(1 - beta) outside radius r: 4.5 FWHM
+# for 2e-3 in a circle, ~1.3e-3 outside the square stamp); brighter stars get wider stamps so
+# their faint wings stay visible far out.
+STAMP_LOST_FRACTION = 2e-3
+CORE_FWHM = 1.5  # pixels within this many FWHM of a star are integrated with 3x3 Gauss-Legendre points
 
-    ``x``, ``y`` 0-based pixel positions, ``flux`` (any unit), ``fwhm`` (pix, per source).
-    Stamps are vectorised per stamp size (half-size 3 FWHM, 8 FWHM above 1e5 and 15 FWHM
-    above 1e6 in ``flux`` units); parts outside the image are dropped.
+
+def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes (offsets from the pixel centre, pix) and weights (sum 1) over a pixel."""
+    x, w = np.polynomial.legendre.leggauss(n)
+    return (x / 2).astype(np.float32), (w / 2).astype(np.float32)
+
+
+def _pixel_integral(dx, dy, inv_a2, beta: float, n: int) -> np.ndarray:
+    """Mean over each pixel of ``(1 + r^2 / alpha^2)^-beta`` (n x n Gauss-Legendre points).
+
+    ``dx`` (N, 1, S) and ``dy`` (N, S, 1): pixel-centre offsets from the source (pix);
+    ``inv_a2`` (N, 1, 1): 1 / alpha^2 (1/pix^2).
+    """
+    o, w = _gauss_legendre(n)
+    out = np.zeros(np.broadcast_shapes(dx.shape, dy.shape), np.float32)
+    nb = np.float32(-beta)
+    for oy, wy in zip(o, w):
+        yy = (dy + oy) ** 2
+        for ox, wx in zip(o, w):
+            q = (dx + ox) ** 2 + yy
+            q *= inv_a2
+            q += np.float32(1.0)
+            out += (wx * wy) * q ** nb
+    return out
+
+
+def render_point_sources(shape: tuple[int, int], x, y, flux, fwhm, beta: float) -> np.ndarray:
+    """Image (float32) of Moffat point sources, integrated over each pixel.
+
+    ``x``, ``y`` 0-based pixel positions, ``flux`` (any unit: the total flux of the profile out
+    to infinity), ``fwhm`` (pix, per source). Each pixel holds the integral of the analytically
+    normalised Moffat over the pixel: 3x3 Gauss-Legendre points within ``CORE_FWHM`` FWHM of the
+    source (relative error < 1e-4 of the flux at FWHM >= 1.6 pix), 2x2 points in the wings
+    (< 2e-4 of the flux). Sampling the profile at pixel centres instead makes stars too peaked
+    (a fitted pixel-integrated model at FWHM 1.8 pix gets a 10% smaller FWHM and 1% more flux).
+    Stamps are vectorised per stamp size: half-size holding all but ``STAMP_LOST_FRACTION`` of
+    the flux (4.5 FWHM for beta 3), 8 FWHM above 1e5 and 15 FWHM above 1e6 in ``flux`` units;
+    light outside the stamps and the image is dropped, so a stamp sums to its flux less the
+    far wings (0.13% of it at beta 3), and its profile is exactly the Moffat.
     """
     ny, nx = shape
     x, y, flux, fwhm = (np.asarray(v, dtype=np.float64) for v in np.broadcast_arrays(x, y, flux, fwhm))
-    mult = np.where(flux > 1e6, 15.0, np.where(flux > 1e5, 8.0, 3.0))
-    half = np.clip(np.ceil(mult * fwhm), 4, 128).astype(int)
+    alpha = moffat_alpha(fwhm, beta)
+    r_lost = np.sqrt(STAMP_LOST_FRACTION ** (-1.0 / (beta - 1.0)) - 1.0) * alpha / np.maximum(fwhm, 1e-6)
+    mult = np.where(flux > 1e6, 15.0, np.where(flux > 1e5, 8.0, r_lost))
+    half = np.clip(np.ceil(np.maximum(mult, r_lost) * fwhm), 4, 128).astype(int)
     keep = (x > -half) & (x < nx + half) & (y > -half) & (y < ny + half) & (flux > 0)
     idx_all, val_all = [], []
     for h in np.unique(half[keep]):
-        sel = np.flatnonzero(keep & (half == h))
-        ix, iy = np.rint(x[sel]).astype(np.int64), np.rint(y[sel]).astype(np.int64)
+        sel_h = np.flatnonzero(keep & (half == h))
         d = np.arange(-h, h + 1, dtype=np.float32)
-        dx = d[None, None, :] - (x[sel] - ix).astype(np.float32)[:, None, None]
-        dy = d[None, :, None] - (y[sel] - iy).astype(np.float32)[:, None, None]
-        inv_a2 = (1.0 / moffat_alpha(fwhm[sel], beta) ** 2).astype(np.float32)[:, None, None]
-        prof = (np.float32(1.0) + (dx * dx + dy * dy) * inv_a2) ** np.float32(-beta)
-        prof *= (flux[sel] / prof.sum(axis=(1, 2), dtype=np.float64)).astype(np.float32)[:, None, None]
-        px = ix[:, None, None] + d.astype(np.int64)[None, None, :]
-        py = iy[:, None, None] + d.astype(np.int64)[None, :, None]
-        inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-        idx_all.append((py * nx + px)[inside])
-        val_all.append(prof[inside])
+        chunk = max(1, 4_000_000 // d.size ** 2)  # bounds the temporaries (~16 MB each)
+        for lo in range(0, sel_h.size, chunk):
+            sel = sel_h[lo:lo + chunk]
+            ix, iy = np.rint(x[sel]).astype(np.int64), np.rint(y[sel]).astype(np.int64)
+            dx = d[None, None, :] - (x[sel] - ix).astype(np.float32)[:, None, None]
+            dy = d[None, :, None] - (y[sel] - iy).astype(np.float32)[:, None, None]
+            inv_a2 = (1.0 / alpha[sel] ** 2).astype(np.float32)[:, None, None]
+            prof = _pixel_integral(dx, dy, inv_a2, beta, 2)
+            k = int(min(h, np.ceil(CORE_FWHM * fwhm[sel].max()) + 1))
+            core = slice(h - k, h + k + 1)
+            prof[:, core, core] = _pixel_integral(dx[:, :, core], dy[:, core, :], inv_a2, beta, 3)
+            norm = flux[sel] * (beta - 1.0) / (np.pi * alpha[sel] ** 2)
+            prof *= norm.astype(np.float32)[:, None, None]
+            px = ix[:, None, None] + d.astype(np.int64)[None, None, :]
+            py = iy[:, None, None] + d.astype(np.int64)[None, :, None]
+            inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+            idx_all.append((py * nx + px)[inside])
+            val_all.append(prof[inside])
     if not idx_all:
         return np.zeros(shape, dtype=np.float32)
     img = np.bincount(np.concatenate(idx_all), weights=np.concatenate(val_all), minlength=ny * nx)

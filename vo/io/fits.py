@@ -70,16 +70,20 @@ def open_fits(path: str | os.PathLike, required: tuple[str, ...] = ()) -> fits.H
     path = Path(path)
     if not path.exists():
         raise FitsError(f"{path}: file not found")
+    # our own file object: astropy leaves the files it opens itself unclosed when reading fails
+    # (ResourceWarning); ``hdul.close()`` closes this one on success
+    fh = None
     try:
+        fh = open(path, "rb")
         with warnings.catch_warnings():
             warnings.simplefilter("error", fits.verify.VerifyWarning)
             warnings.filterwarnings("error", message=".*truncated.*")
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+            hdul = fits.open(fh, memmap=False, lazy_load_hdus=False)
             for hdu in hdul:
                 _ = hdu.data  # forces reading: a truncated file fails here, not later
-    except FitsError:
-        raise
     except Exception as exc:  # astropy raises OSError/ValueError/TypeError variants
+        if fh is not None:
+            fh.close()
         raise FitsError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
     names = [h.name for h in hdul]
     missing = [r for r in required if r not in names]
