@@ -348,7 +348,7 @@ def ingest_manifest_file(engine, path, data_root, project: str, batch_size: int 
 def ingest_reduced_file(engine, path, data_root, provenance_hash: str, project: str,
                         batch_size: int = DEFAULT_BATCH) -> int:
     from vo.lightcurves.datasets import read_lightcurves
-    lcs = read_lightcurves(path)
+    lcs = read_lightcurves(path, load_data=False)  # the rows need the attributes only
     return in_transaction(engine, ingest_lightcurves, lcs, path, data_root, provenance_hash, project,
                           batch_size)
 

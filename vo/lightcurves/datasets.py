@@ -143,7 +143,7 @@ class Lightcurve(_FileDataset):
     filter, flag, ra, dec (deg), exptime (s), oid.  ``attrs`` hold source_name, obs,
     filter, season, reduction_number, reduction_total, cat_ra, cat_dec, cat_mag,
     flux_mean, flux_rms (uJy), err_scale, mag_mean, n_epochs, mjd_start, mjd_end.
-    In a file, the group ``filekey`` holds ``data`` and its attributes are ``attrs``.
+    In a file, the compound dataset ``filekey`` holds ``data`` and its ``meta`` attribute ``attrs``.
 
     Instead of a DataFrame, the data may be given as numpy ``columns`` ({name: 1-d array}),
     optionally with ``span=(start, stop)``: the rows ``start:stop`` of those arrays, so that
@@ -253,7 +253,7 @@ class Lightcurve(_FileDataset):
         if table is None:
             raise ValueError(f"{self!r}: nothing to save (data is None)")
         path = self._set_path(path)
-        write_groups(path, {self.filekey: (table, self.attrs)})
+        write_groups(path, {self.filekey: (table, self.attrs)}, layout="records", index_attrs=INDEX_ATTRS)
         return path
 
     def plot(self, ax=None):
@@ -272,39 +272,77 @@ class Lightcurve(_FileDataset):
         return ax
 
 
+#: Light-curve attributes also stored as plain HDF5 attributes (all are in ``meta``).
+INDEX_ATTRS = ("source_name", "filter", "reduction_number")
+
+
 def write_lightcurves(path: str | os.PathLike, lcs: list[Lightcurve], attrs: dict | None = None) -> None:
     """Write all light curves of one RA bin to ``path`` in one atomic write (the file is replaced).
 
-    Groups are named by :attr:`Lightcurve.filekey`; ``attrs`` (step, provenance hash,
-    parameters, ...) become the file's root attributes, plus ``n_lightcurves``.  Each
-    light curve's ``filename``/``folder`` is set to ``path``.
+    Each light curve is one compound dataset named by :attr:`Lightcurve.filekey` (the
+    records layout of :mod:`vo.io.hdf5`: ``f[key]["flux"]`` reads its flux); its ``attrs``
+    are the JSON attribute ``meta``, and :data:`INDEX_ATTRS` are plain attributes too.
+    ``attrs`` (step, provenance hash, parameters, ...) become the file's root attributes,
+    plus ``n_lightcurves``.  Each light curve's ``filename``/``folder`` is set to ``path``.
     """
-    from vo.lightcurves.rawstore import write_groups
+    from vo.lightcurves.rawstore import update_hdf5
 
-    items = {}
+    keys = [lc.filekey for lc in lcs]
+    if len(set(keys)) < len(keys):
+        dup = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise ValueError(f"{path}: two light curves with key {dup!r}")
+    block = _shared_block(keys, lcs)
+    with update_hdf5(path, fresh=True) as f:
+        if block is not None:
+            vh5.write_block(f, block, index_attrs=INDEX_ATTRS)
+        else:
+            items = {k: (lc._table() if lc._columns is not None else lc.data, lc.attrs) for k, lc in zip(keys, lcs)}
+            vh5.write_tables(f, items, layout="records", index_attrs=INDEX_ATTRS)
+        vh5.write_attrs(f, {**(attrs or {}), "n_lightcurves": len(keys)})
+    folder, filename = os.path.split(os.path.abspath(path))
     for lc in lcs:
-        if lc.filekey in items:
-            raise ValueError(f"{path}: two light curves with key {lc.filekey!r}")
-        items[lc.filekey] = (lc._table() if lc._columns is not None else lc.data, lc.attrs)
-    write_groups(path, items, file_attrs={**(attrs or {}), "n_lightcurves": len(items)}, fresh=True)
-    for lc in lcs:
-        lc._set_path(path)
+        lc.folder, lc.filename = folder, filename
 
 
-def read_lightcurves(path: str | os.PathLike) -> list[Lightcurve]:
-    """Every light curve in ``path`` (data loaded as numpy columns), in the file's key order."""
+def _shared_block(keys: list[str], lcs: list[Lightcurve]) -> vh5.TableBlock | None:
+    """The light curves as one :class:`~vo.io.hdf5.TableBlock` when they are rows of one
+    shared set of arrays (as a reduction makes them), else None."""
+    blocks = [lc.block() for lc in lcs]
+    if not blocks or blocks[0] is None or any(b is None or b[0] is not blocks[0][0] for b in blocks):
+        return None
+    bounds = np.array([b[1:] for b in blocks], dtype=np.int64)
+    first, stop = int(bounds[:, 0].min()), int(bounds[:, 1].max())
+    columns = {c: v[first:stop] for c, v in blocks[0][0].items()}
+    return vh5.TableBlock(keys, columns, bounds - first, [lc.attrs for lc in lcs])
+
+
+def read_lightcurves(path: str | os.PathLike, load_data: bool = True) -> list[Lightcurve]:
+    """Every light curve in ``path``, in the file's key order, read in one pass.
+
+    With ``load_data`` the light curves share one set of concatenated column arrays (a
+    block, as a reduction makes them); without, only their attributes are read and
+    ``data`` is read from the file on first use.  Files of the older layout (a group per
+    light curve, a dataset per column) are read too.
+    """
     folder, filename = os.path.split(os.path.abspath(path))
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise OSError(f"{path}: cannot read light curves: {exc}") from exc
-    out = []
     with f:
-        for key in f:
-            try:
-                columns, attrs = vh5.read_columns(f[key])
-            except Exception as exc:  # any corruption: name the file and the key
-                raise OSError(f"{path}: cannot read light curve {key!r}: {exc}") from exc
-            out.append(Lightcurve(columns=columns, attrs=attrs, filename=filename, folder=folder,
-                                  filekey=key))
+        try:
+            if not load_data:
+                return [Lightcurve(attrs=attrs, filename=filename, folder=folder, filekey=key)
+                        for key, attrs in vh5.read_metas(f).items()]
+            block = vh5.read_block(f)
+            if block is None:  # light curves with different columns
+                return [Lightcurve(columns=cols, attrs=attrs, filename=filename, folder=folder, filekey=key)
+                        for key, (cols, attrs) in vh5.read_tables(f).items()]
+        except (ValueError, KeyError, OSError) as exc:  # any corruption: name the file and key
+            raise OSError(f"{path}: cannot read light curves: {exc}") from exc
+    out = []
+    for key, (a, b), attrs in zip(block.keys, block.bounds.tolist(), block.attrs):
+        lc = Lightcurve.in_block(attrs, block.columns, (a, b))
+        lc.filename, lc.folder, lc._filekey = filename, folder, key
+        out.append(lc)
     return out

@@ -2,7 +2,8 @@
 
 ``{data_root}/{OBS}/{OBS}_photometry_RA{ra:03d}.h5`` (see :meth:`vo.paths.Paths.raw_photometry`)
 holds one group per source (key = :func:`vo.lightcurves.datasets.sanitize_key` of its
-name): the raw table (:func:`vo.io.hdf5.write_table`) with the group attributes
+name): the raw table (:func:`vo.io.hdf5.write_table`, columns layout: a dataset per
+column, so ``f["{key}/mag"]`` reads the magnitudes) with the group attributes
 ``cat_row``, ``download_params``, ``download_params_hash``, ``obs``, ``downloaded_at`` and
 ``altdata``.
 
@@ -225,13 +226,15 @@ class RawStore:
 
 
 def write_groups(path: str | os.PathLike, items: dict[str, tuple[pd.DataFrame, dict]],
-                 file_attrs: dict | None = None, fresh: bool = False) -> None:
-    """Write tables as groups of ``path`` through :func:`update_hdf5` (one atomic update).
+                 file_attrs: dict | None = None, fresh: bool = False, layout: str = "columns",
+                 index_attrs: tuple[str, ...] = ()) -> None:
+    """Write tables (keys of ``path``) through :func:`update_hdf5` (one atomic update).
 
-    ``fresh=True`` replaces the whole file; otherwise groups not in ``items`` are kept.
+    ``fresh=True`` replaces the whole file; otherwise keys not in ``items`` are kept.
+    ``layout`` and ``index_attrs``: see :func:`vo.io.hdf5.write_tables` (the raw store
+    keeps the columns layout: a group per source, a dataset per column).
     """
     with update_hdf5(path, replace=list(items), fresh=fresh) as f:
-        for key, (df, attrs) in items.items():
-            vh5.write_table(f, key, df, attrs)
+        vh5.write_tables(f, items, layout=layout, index_attrs=index_attrs)
         if file_attrs:
             vh5.write_attrs(f, file_attrs)

@@ -249,7 +249,7 @@ def read_raw_columns(store_path, keys):
                 yield key, None
                 continue
             try:
-                cols, _ = vh5.read_columns(f[key])
+                cols, _ = vh5.read_columns(f[key], with_attrs=False)
             except Exception as exc:  # any corruption: name the file and the key
                 raise StoreError(f"{path}: cannot read source {key!r}: {exc}") from exc
             yield key, cols
