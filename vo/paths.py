@@ -39,13 +39,16 @@ FILES = {
     "wcs": "{exposure}/{ccd}.wcs.fits",
     "zp": "{exposure}/{ccd}.zp.fits",
     "ingest_images": "{exposure}/{ccd}.ingest.json",
+    "reference": "{field}_{filter}_{ccd}",  # prefix: .image.fits, .psf.fits, .sources.fits
+    "difference": "{exposure}/{ccd}.sub.fits",
 }
 
 #: The step whose folder holds each kind of product (kinds not listed are steps themselves).
 KIND_STEP = {"histograms": "analysis", "efficiency": "combine", "plots": "combine",
              "bias": "calibration", "flat": "calibration", "image": "preprocessing",
              "sources": "extraction", "psf": "extraction", "background": "extraction",
-             "wcs": "astrometry", "zp": "zero_point"}
+             "wcs": "astrometry", "zp": "zero_point", "reference": "references",
+             "difference": "subtraction"}
 
 
 def ra_bin_str(ra_bin: int | str) -> str:

@@ -63,6 +63,9 @@ STEPS: dict[str, StepDef] = {
     "zero_point": StepDef(("zero_point",), ("astrometry",), "vo.images.zeropoint", images=True),
     "ingest_images": StepDef((), ("preprocessing", "extraction", "astrometry", "zero_point"),
                              "vo.db.ingest_images", images=True),
+    "references": StepDef(("references",), ("zero_point",), "vo.images.coadd", images=True),
+    "subtraction": StepDef(("subtraction",), ("zero_point", "references"), "vo.images.subtract",
+                           images=True),
 }
 
 
@@ -151,7 +154,7 @@ def provenance(cfg: dict, step: str, obs: str | None = None) -> Provenance:
 def scopes(cfg: dict, sdef: StepDef) -> list:
     """The observatories or instruments a step runs for in this config."""
     if sdef.images:
-        return [cfg["images"]["instrument"]] if cfg["images"]["enabled"] else []
+        return [cfg["images"]["instrument"].upper()] if cfg["images"]["enabled"] else []
     return cfg["project"]["obs_names"] if sdef.per_obs else [None]
 
 

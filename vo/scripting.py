@@ -23,11 +23,12 @@ ARGS = {
     "targets": (), "run_config": (), "combine": ("obs",), "plots": ("obs",),
     **{s: ("obs", "ra_bin") for s in workflow.PER_BIN},
     "simulate_exposure": ("exposure",), "simulate_calibration": ("exposure",),
-    "master_bias": ("ccd",), "master_flat": ("ccd", "filt"),
+    "master_bias": ("ccd",), "master_flat": ("ccd", "filt"), "references": ("field", "filt", "ccd"),
     **{s: ("exposure", "ccd") for s in image_rules.PER_CCD},
 }
 HELP = {"obs": "observatory, e.g. DEMO or ZTF", "ra_bin": "integer RA bin (deg)",
-        "exposure": "exposure name", "ccd": "CCD (section) name", "filt": "filter"}
+        "exposure": "exposure name", "ccd": "CCD (section) name", "filt": "filter",
+        "field": "field name (e.g. f00)"}
 
 
 def _setup_logging(logfile: str | None) -> None:
@@ -57,7 +58,8 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 def _standalone_io(step: str, cfg: dict, job: dict) -> tuple[dict, dict]:
     if step in image_rules.STEPS:
-        return image_rules.rule_io(step, cfg, job.get("exposure"), job.get("ccd"), job.get("filt"))
+        return image_rules.rule_io(step, cfg, job.get("exposure"), job.get("ccd"), job.get("filt"),
+                                   job.get("field"))
     ra_bins = None
     if step in ("targets", "combine", "plots"):
         from vo.catalog import Catalog

@@ -20,8 +20,8 @@ log = logging.getLogger("vo.images")
 
 #: image rules; all run per CCD except the calibration/simulation ones.
 STEPS = ("simulate_exposure", "simulate_calibration", "master_bias", "master_flat", "preprocess",
-         "extract", "astrometry", "zero_point", "ingest_images")
-PER_CCD = ("preprocess", "extract", "astrometry", "zero_point", "ingest_images")
+         "extract", "astrometry", "zero_point", "ingest_images", "references", "subtraction")
+PER_CCD = ("preprocess", "extract", "astrometry", "zero_point", "ingest_images", "subtraction")
 
 
 def instrument(cfg: dict):
@@ -50,13 +50,43 @@ def ccds(cfg: dict) -> list[str]:
     return names
 
 
+def reference_sets(cfg: dict) -> dict[tuple[str, str], list[str]]:
+    """Exposures that build the reference of each (field, filter): DemoCam's reference epochs."""
+    if cfg["images"]["instrument"] != "DemoCam":
+        return {}
+    from vo.images.simulate import parse_exposure
+
+    sets: dict[tuple[str, str], list[str]] = {}
+    for e in exposures(cfg):
+        field, filt, index = parse_exposure(cfg, e)
+        if index < cfg["DemoCam"]["reference_epochs"]:
+            sets.setdefault((f"f{field:02d}", filt), []).append(e)
+    return {k: v for k, v in sets.items() if len(v) >= cfg["references"]["min_images"]}
+
+
+def new_exposures(cfg: dict) -> dict[str, tuple[str, str]]:
+    """Exposures to subtract a reference from: exposure -> its (field, filter) reference key."""
+    if cfg["images"]["instrument"] != "DemoCam":
+        return {}
+    from vo.images.simulate import parse_exposure
+
+    refs = reference_sets(cfg)
+    out = {}
+    for e in exposures(cfg):
+        field, filt, index = parse_exposure(cfg, e)
+        key = (f"f{field:02d}", filt)
+        if index >= cfg["DemoCam"]["reference_epochs"] and key in refs:
+            out[e] = key
+    return out
+
+
 def exposure_filter(cfg: dict, exposure: str) -> str:
     """Filter of a science exposure (from its raw header, or the simulator's plan)."""
     return instrument(cfg).exposure_filter(Paths(cfg), exposure)
 
 
 def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None = None,
-            filt: str | None = None) -> tuple[dict, dict]:
+            filt: str | None = None, field: str | None = None) -> tuple[dict, dict]:
     """(inputs, outputs) of one job of image rule ``step`` as dicts of name -> path."""
     P = Paths(cfg)
     inst = instrument(cfg)
@@ -92,6 +122,18 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
         return ({"image": prod("image", **e), "sources": prod("sources", **e), "psf": prod("psf", **e),
                  "background": prod("background", **e), "wcs": prod("wcs", **e)},
                 {"zp": prod("zp", **e)})
+    if step == "references":
+        members = reference_sets(cfg)[(field, filt)]
+        per = {k: [prod(k, exposure=m, ccd=ccd) for m in members] for k in ("image", "psf", "wcs", "zp")}
+        prefix = prod("reference", field=field, filter=filt, ccd=ccd)
+        return per, {k: f"{prefix}.{k}.fits" for k in ("image", "psf", "sources")}
+    if step == "subtraction":
+        field, filt = new_exposures(cfg)[exposure]
+        ref = prod("reference", field=field, filter=filt, ccd=ccd)
+        return ({"image": prod("image", **e), "psf": prod("psf", **e), "wcs": prod("wcs", **e),
+                 "zp": prod("zp", **e), "ref_image": f"{ref}.image.fits", "ref_psf": f"{ref}.psf.fits",
+                 "ref_sources": f"{ref}.sources.fits"},
+                {"difference": prod("difference", **e)})
     if step == "ingest_images":
         return ({"raw": raw(exposure), "image": prod("image", **e), "sources": prod("sources", **e),
                  "psf": prod("psf", **e), "background": prod("background", **e), "wcs": prod("wcs", **e),
@@ -290,6 +332,59 @@ def run_zero_point(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
         log.info("%s %s: zp %.3f +- %.3f, limiting mag %.2f", exposure, ccd, zp.zp, zp.zp_err, zp.limmag5)
     else:
         log.warning("%s %s: zero point FAILED (%s)", exposure, ccd, zp.reason)
+
+
+def run_references(cfg: dict, field: str, filt: str, ccd: str, inputs: dict, outputs: dict) -> None:
+    """Coadd the reference epochs of one field, filter and CCD onto the best-seeing input's grid.
+
+    Inputs whose astrometry or zero point failed are left out (logged)."""
+    from vo.images.align import with_wcs
+    from vo.images.astrometry import read_wcs
+    from vo.images.coadd import build_reference, write_reference
+    from vo.images.image import read_image
+    from vo.images.psf import read_psf
+    from vo.images.zeropoint import read_zp
+
+    images, psfs, zps = [], [], []
+    for img, psf, wcs, zp in zip(inputs["image"], inputs["psf"], inputs["wcs"], inputs["zp"]):
+        sol, z = read_wcs(wcs), read_zp(zp)
+        if not (sol.ok and z.ok):
+            log.warning("reference %s %s %s: leaving out %s (%s)", field, filt, ccd, img,
+                        sol.reason or z.reason)
+            continue
+        images.append(with_wcs(read_image(img), sol.wcs))
+        psfs.append(read_psf(psf))
+        zps.append(z.zp)
+    if not images:
+        raise ValueError(f"reference {field} {filt} {ccd}: no input with a good WCS and zero point")
+    best = min(range(len(images)), key=lambda i: float(psfs[i].fwhm()))
+    ref = build_reference(images, psfs, zps, images[best].wcs, images[best].sci.shape, cfg["references"],
+                          cfg["extraction"], name=f"reference {field} {filt} {ccd}")
+    write_reference(outputs, ref, file_attrs(cfg, "references"))
+    log.info("reference %s %s %s: %d images, zp %.3f", field, filt, ccd, ref.n_images, ref.zp)
+
+
+def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
+    """Align the reference onto the new image and subtract it (ZOGY or Alard-Lupton)."""
+    from vo.images.align import align_image, with_wcs
+    from vo.images.astrometry import read_wcs
+    from vo.images.coadd import read_reference
+    from vo.images.image import read_image
+    from vo.images.psf import read_psf
+    from vo.images.subtract import subtract, write_difference
+    from vo.images.zeropoint import read_zp
+
+    sol, zp = read_wcs(inputs["wcs"]), read_zp(inputs["zp"])
+    if not (sol.ok and zp.ok):
+        raise ValueError(f"{exposure} {ccd}: cannot subtract: astrometry/zero point failed "
+                         f"({sol.reason or zp.reason}) in {inputs['wcs']}")
+    new = with_wcs(read_image(inputs["image"]), sol.wcs)
+    ref = read_reference({"image": inputs["ref_image"], "psf": inputs["ref_psf"], "sources": inputs["ref_sources"]})
+    aligned, ref_psf = align_image(ref.image, new.wcs, new.sci.shape, psf=ref.psf)
+    diff = subtract(new, aligned, read_psf(inputs["psf"]), ref_psf, zp.zp, ref.zp, cfg["subtraction"],
+                    method=cfg["subtraction"]["method"])
+    write_difference(outputs["difference"], diff, file_attrs(cfg, "subtraction"))
+    log.info("%s %s: %s difference written", exposure, ccd, cfg["subtraction"]["method"])
 
 
 def run_ingest_images(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:

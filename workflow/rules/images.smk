@@ -33,7 +33,7 @@ def iio(step, part, key=None):
         if "vc" in wildcards.keys() and wildcards.vc != P.step_suffix(check, IKEY):
             raise ValueError(f"{step}: path hash {wildcards.vc!r} does not match the config's")
         files = image_rules.rule_io(step, CFG, wildcards.get("exposure"), wildcards.get("ccd"),
-                                    wildcards.get("filter"))[0 if part == "in" else 1]
+                                    wildcards.get("filter"), wildcards.get("field"))[0 if part == "in" else 1]
         return files[key] if key else files
 
     return f
@@ -219,4 +219,56 @@ rule ingest_images:
 
 IMAGE_TARGETS = [
     image_rules.rule_io("ingest_images", CFG, e, c)[1]["receipt"] for e in EXPOSURES for c in CCDS
+]
+
+
+# -- image pipeline II: references and subtraction -----------------------------------------
+REFERENCE_SETS = image_rules.reference_sets(CFG)
+NEW_EXPOSURES = image_rules.new_exposures(CFG)
+
+
+rule references:
+    input:
+        unpack(iio("references", "in")),
+    output:
+        image=ipattern("reference") + ".image.fits",
+        psf=ipattern("reference") + ".psf.fits",
+        sources=ipattern("reference") + ".sources.fits",
+    wildcard_constraints:
+        field=_alt(sorted({f for f, _ in REFERENCE_SETS})) if REFERENCE_SETS else "NONE",
+    log:
+        ilog("references", "field", "filter", "ccd", "vc"),
+    benchmark:
+        bench_path("references", "field", "filter", "ccd", "vc")
+    resources:
+        mem_mb=mem(6000),
+        runtime=runtime(30),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/references.py"
+
+
+rule subtraction:
+    input:
+        unpack(iio("subtraction", "in")),
+    output:
+        difference=ipattern("difference"),
+    log:
+        ilog("subtraction", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("subtraction", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(6000),
+        runtime=runtime(20),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/subtraction.py"
+
+
+IMAGE_TARGETS += [
+    image_rules.rule_io("subtraction", CFG, e, c)[1]["difference"] for e in NEW_EXPOSURES for c in CCDS
 ]

@@ -1,0 +1,12 @@
+"""references: coadd the reference epochs of one field, filter and CCD into a deep reference (image, PSF, sources, zero point).
+
+Run by Snakemake (rule references) or by hand to debug it: python scripts/references.py --help
+"""
+import sys
+from pathlib import Path
+
+# run from a checkout without installing vo (Snakemake copies scripts; __real_file__ is the original)
+sys.path.insert(0, str(Path(globals().get("__real_file__", __file__)).resolve().parents[1]))
+from vo.scripting import rule_main  # noqa: E402
+
+rule_main("references", __doc__, globals().get("snakemake"))

@@ -1,0 +1,12 @@
+"""subtraction: align the reference onto one new CCD image and subtract it (ZOGY or Alard-Lupton).
+
+Run by Snakemake (rule subtraction) or by hand to debug it: python scripts/subtraction.py --help
+"""
+import sys
+from pathlib import Path
+
+# run from a checkout without installing vo (Snakemake copies scripts; __real_file__ is the original)
+sys.path.insert(0, str(Path(globals().get("__real_file__", __file__)).resolve().parents[1]))
+from vo.scripting import rule_main  # noqa: E402
+
+rule_main("subtraction", __doc__, globals().get("snakemake"))
