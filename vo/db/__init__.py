@@ -9,11 +9,14 @@
 """
 
 from vo.db.engine import Session, engine_from_config, get_engine, init_db, url_from_config, write_engine
-from vo.db.models import (PSF, Base, CatalogExcerpt, Detection, Exposure, Image, Lightcurve, Provenance,
-                          RawPhotometry, Source, SourceList, WorldCoordinates, ZeroPoint, healpix_index)
+from vo.db.models import (PSF, Base, CatalogExcerpt, Cutouts, Detection, Exposure, Image, Lightcurve,
+                          Measurement, ObjectCounter, Provenance, RawPhotometry, Reference, Score, SkyObject,
+                          Source, SourceList, Subtraction, WorldCoordinates, ZeroPoint, healpix_index)
+from vo.db.objects import associate_measurements, associate_objects
 from vo.db.spatial import cone_search
 
-__all__ = ["Base", "CatalogExcerpt", "Detection", "Exposure", "Image", "Lightcurve", "PSF", "Provenance",
-           "RawPhotometry", "Session", "Source", "SourceList", "WorldCoordinates", "ZeroPoint",
-           "cone_search", "engine_from_config", "get_engine", "healpix_index", "init_db",
+__all__ = ["Base", "CatalogExcerpt", "Cutouts", "Detection", "Exposure", "Image", "Lightcurve", "Measurement",
+           "ObjectCounter", "PSF", "Provenance", "RawPhotometry", "Reference", "Score", "Session", "SkyObject",
+           "Source", "SourceList", "Subtraction", "WorldCoordinates", "ZeroPoint",
+           "associate_measurements", "associate_objects", "cone_search", "engine_from_config", "get_engine", "healpix_index", "init_db",
            "url_from_config", "write_engine"]

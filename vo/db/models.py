@@ -19,7 +19,12 @@ Design choices
 * Image pipeline: ``exposures`` (shared raw data, unique on ``(instrument, name)``) ->
   ``images`` (one CCD, one preprocessing provenance) -> ``source_lists`` -> ``psfs``,
   ``world_coordinates`` -> ``zero_points``; each product row is keyed by its parent and its
-  provenance, and carries ``bad``/``bad_reason`` that ingest propagates downstream.  FITS
+  provenance, and carries ``bad``/``bad_reason`` that ingest propagates downstream.
+* Transients: ``references`` (coadds, found by instrument/field/filter/ccd) and ``images`` ->
+  ``subtractions`` -> ``cutouts`` (one file per CCD) -> ``measurements`` (one row per
+  candidate, ``filekey`` = row index) -> ``scores``; measurements point at ``objects``
+  (named sky objects, created race-free by :mod:`vo.db.objects`; name counters per year in
+  ``object_counters``).  FITS
   products are whole files: their ``filekey`` is ``""``.  ``catalog_excerpts`` index the
   cached reference-catalog tiles (HEALPix pixel ``tile`` at ``nside``, no provenance).
 * Measures that cannot be negative (counts, rms, exposure time) have CHECK constraints.
@@ -409,6 +414,172 @@ class CatalogExcerpt(FileMixin, SkyPositionMixin, TimestampMixin, Base):
     n_stars: Mapped[int] = mapped_column(sa.Integer)
 
 
+# -- image pipeline II: references, subtractions, detections, objects -------------------------
+class Reference(FileMixin, BadnessMixin, TimestampMixin, Base):
+    """A deep reference coadd of one field, filter and CCD (``{ccd}.ref.fits``).
+
+    The pipeline finds the reference of a new image by ``(instrument, field, filter, ccd)``
+    and the references step's provenance; ``ra``/``dec`` are the centre of its grid (no
+    cone-search index: ``references`` is an SQL keyword, which the raw q3c index DDL of
+    :func:`vo.db.engine.init_db` does not quote).
+    """
+
+    __tablename__ = "references"
+    __table_args__ = (sa.UniqueConstraint("provenance_id", "instrument", "field", "filter", "ccd",
+                                          name="uq_references_natural"),
+                      *_nonneg("references", "n_images", "fwhm", "nx", "ny"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    instrument: Mapped[str] = mapped_column(sa.String(32), index=True)
+    field: Mapped[str] = mapped_column(sa.String(64), index=True, doc="Survey field name")
+    filter: Mapped[str] = mapped_column(sa.String(32), index=True)
+    ccd: Mapped[str] = mapped_column(sa.String(32))
+    n_images: Mapped[int] = mapped_column(sa.Integer, doc="Images in the coadd")
+    zp: Mapped[float | None] = mapped_column(sa.Float(53), doc="Zero point (AB mag, counts in e-)")
+    fwhm: Mapped[float | None] = mapped_column(sa.Float(53), doc="PSF FWHM of the coadd (pixels)")
+    limmag5: Mapped[float | None] = mapped_column(sa.Float(53), doc="5-sigma limiting magnitude (AB)")
+    mjd_start: Mapped[float | None] = mapped_column(sa.Float(53), doc="First input image (MJD)")
+    mjd_end: Mapped[float | None] = mapped_column(sa.Float(53), doc="Last input image (MJD)")
+    nx: Mapped[int | None] = mapped_column(sa.Integer, doc="Width (pixels)")
+    ny: Mapped[int | None] = mapped_column(sa.Integer, doc="Height (pixels)")
+    ra: Mapped[float | None] = mapped_column(sa.Float(53), doc="Grid centre right ascension (deg)")
+    dec: Mapped[float | None] = mapped_column(sa.Float(53), doc="Grid centre declination (deg)")
+
+    provenance: Mapped[Provenance] = relationship()
+
+
+class Subtraction(FileMixin, BadnessMixin, TimestampMixin, Base):
+    """A difference image of a new image and its reference (``{ccd}.sub.fits``)."""
+
+    __tablename__ = "subtractions"
+    __table_args__ = (sa.UniqueConstraint("image_id", "reference_id", "provenance_id",
+                                          name="uq_subtractions_natural"),
+                      *_nonneg("subtractions", "fwhm", "noise_rms", "n_candidates"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    reference_id: Mapped[int] = mapped_column(sa.ForeignKey("references.id", ondelete="CASCADE"),
+                                              index=True)
+    zero_point_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("zero_points.id", ondelete="SET NULL"), index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    method: Mapped[str] = mapped_column(sa.String(32), doc='"zogy" or "alard_lupton"')
+    fwhm: Mapped[float | None] = mapped_column(sa.Float(53), doc="FWHM of the difference PSF (pixels)")
+    noise_rms: Mapped[float | None] = mapped_column(sa.Float(53), doc="Median difference noise (e-)")
+    limmag5: Mapped[float | None] = mapped_column(sa.Float(53), doc="5-sigma limit of the difference (AB)")
+    n_candidates: Mapped[int | None] = mapped_column(sa.Integer, doc="Candidates detected on it")
+
+    image: Mapped[Image] = relationship()
+    reference: Mapped[Reference] = relationship()
+    zero_point: Mapped[ZeroPoint | None] = relationship()
+    provenance: Mapped[Provenance] = relationship()
+
+
+class Cutouts(FileMixin, BadnessMixin, TimestampMixin, Base):
+    """The new/ref/sub stamps of the candidates of one subtraction (``{ccd}.cutouts.h5``)."""
+
+    __tablename__ = "cutouts"
+    __table_args__ = (sa.UniqueConstraint("subtraction_id", "provenance_id", name="uq_cutouts_sub_prov"),
+                      *_nonneg("cutouts", "n_cutouts", "size"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subtraction_id: Mapped[int] = mapped_column(sa.ForeignKey("subtractions.id", ondelete="CASCADE"),
+                                                index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    n_cutouts: Mapped[int] = mapped_column(sa.Integer)
+    size: Mapped[int] = mapped_column(sa.Integer, doc="Stamp side (pixels)")
+
+    subtraction: Mapped[Subtraction] = relationship()
+    provenance: Mapped[Provenance] = relationship()
+    measurements: Mapped[list[Measurement]] = relationship(back_populates="cutouts")
+
+
+class SkyObject(SkyPositionMixin, TimestampMixin, Base):
+    """A sky object: measurements within the association radius of it belong to it.
+
+    ``name`` (``VO{yy}{aaaa}``, :mod:`vo.images.associate`) is unique; the position is fixed
+    at creation (mean of the creating measurements).  Created only by
+    :func:`vo.db.objects.associate_objects`, which is race-free.
+    """
+
+    __tablename__ = "objects"
+    __table_args__ = (sa.UniqueConstraint("name", name="uq_objects_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(32), doc="VO{yy}{aaaa}")
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    mjd_first: Mapped[float] = mapped_column(sa.Float(53), doc="First detection (MJD)")
+
+    provenance: Mapped[Provenance] = relationship()
+    measurements: Mapped[list[Measurement]] = relationship(back_populates="object")
+
+    def __repr__(self) -> str:
+        return f"SkyObject({self.name!r}, ra={self.ra:.6f}, dec={self.dec:.6f})"
+
+
+class ObjectCounter(Base):
+    """Next name counter of each year (one row per year, incremented under a row lock)."""
+
+    __tablename__ = "object_counters"
+    __table_args__ = (sa.UniqueConstraint("year", name="uq_object_counters_year"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    year: Mapped[int] = mapped_column(sa.Integer)
+    next_counter: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+class Measurement(FileMixin, SkyPositionMixin, BadnessMixin, TimestampMixin, Base):
+    """One measured candidate: row ``row_index`` of the measurements file (``filekey`` is the
+    row index as text); ``bad`` is the analytic cuts' verdict, ``object_id`` its object."""
+
+    __tablename__ = "measurements"
+    __table_args__ = (sa.UniqueConstraint("cutouts_id", "provenance_id", "row_index",
+                                          name="uq_measurements_natural"),
+                      *_nonneg("measurements", "flux_err", "mag_err"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cutouts_id: Mapped[int] = mapped_column(sa.ForeignKey("cutouts.id", ondelete="CASCADE"), index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    row_index: Mapped[int] = mapped_column(sa.Integer, doc="Row of the measurement in its file")
+    object_id: Mapped[int | None] = mapped_column(sa.ForeignKey("objects.id", ondelete="SET NULL"),
+                                                  index=True)
+    mjd: Mapped[float] = mapped_column(sa.Float(53), index=True, doc="Exposure start (MJD)")
+    filter: Mapped[str] = mapped_column(sa.String(32))
+    x: Mapped[float | None] = mapped_column(sa.Float(53), doc="Column (0-based pix)")
+    y: Mapped[float | None] = mapped_column(sa.Float(53), doc="Row (0-based pix)")
+    flux: Mapped[float | None] = mapped_column(sa.Float(53), doc="PSF flux on the difference (e-)")
+    flux_err: Mapped[float | None] = mapped_column(sa.Float(53), doc="e-")
+    mag: Mapped[float | None] = mapped_column(sa.Float(53), doc="AB mag")
+    mag_err: Mapped[float | None] = mapped_column(sa.Float(53), doc="mag")
+    snr: Mapped[float | None] = mapped_column(sa.Float(53), doc="Signed S/N")
+    is_negative: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+
+    cutouts: Mapped[Cutouts] = relationship(back_populates="measurements")
+    provenance: Mapped[Provenance] = relationship()
+    object: Mapped[SkyObject | None] = relationship(back_populates="measurements")
+    scores: Mapped[list[Score]] = relationship(back_populates="measurement")
+
+
+class Score(FileMixin, TimestampMixin, Base):
+    """Real/bogus score of a measurement (row ``filekey`` of the CCD's score table); the
+    algorithm is also in the provenance's parameters."""
+
+    __tablename__ = "scores"
+    __table_args__ = (sa.UniqueConstraint("measurement_id", "provenance_id", name="uq_scores_meas_prov"),
+                      sa.CheckConstraint("score >= 0 AND score <= 1", name="ck_scores_score_range"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    measurement_id: Mapped[int] = mapped_column(sa.ForeignKey("measurements.id", ondelete="CASCADE"),
+                                                index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    algorithm: Mapped[str] = mapped_column(sa.String(64), doc='e.g. "democam_rb", "braai_d6_m7"')
+    score: Mapped[float] = mapped_column(sa.Float(53), doc="Probability of a real source, in [0, 1]")
+
+    measurement: Mapped[Measurement] = relationship(back_populates="scores")
+    provenance: Mapped[Provenance] = relationship()
+
+
 #: Natural key of each table: the columns of its unique constraint, used by the upserts.
 NATURAL_KEYS: dict[str, tuple[str, ...]] = {
     Provenance.__tablename__: ("step", "obs", "hash"),
@@ -423,12 +594,22 @@ NATURAL_KEYS: dict[str, tuple[str, ...]] = {
     WorldCoordinates.__tablename__: ("source_list_id", "provenance_id"),
     ZeroPoint.__tablename__: ("source_list_id", "provenance_id"),
     CatalogExcerpt.__tablename__: ("catalog", "nside", "tile"),
+    Reference.__tablename__: ("provenance_id", "instrument", "field", "filter", "ccd"),
+    Subtraction.__tablename__: ("image_id", "reference_id", "provenance_id"),
+    Cutouts.__tablename__: ("subtraction_id", "provenance_id"),
+    SkyObject.__tablename__: ("name",),
+    ObjectCounter.__tablename__: ("year",),
+    Measurement.__tablename__: ("cutouts_id", "provenance_id", "row_index"),
+    Score.__tablename__: ("measurement_id", "provenance_id"),
 }
 
-#: Tables of the light-curve pipeline and of the image pipeline.
+#: Tables of the light-curve pipeline and of the image pipeline (up to zero points).
 LIGHTCURVE_TABLES = ("provenances", "sources", "raw_photometry", "lightcurves", "detections")
 IMAGE_TABLES = ("exposures", "images", "source_lists", "psfs", "world_coordinates", "zero_points",
                 "catalog_excerpts")
+#: Tables of the transient (difference-imaging) part of the image pipeline.
+TRANSIENT_TABLES = ("references", "subtractions", "cutouts", "measurements", "scores", "objects",
+                    "object_counters")
 
 
 def spatial_tables() -> list[sa.Table]:

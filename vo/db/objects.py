@@ -1,0 +1,181 @@
+"""Race-free association of measurements to sky objects in the database.
+
+Two jobs that see the same new transient at the same time must create ONE object.  Both
+backends serialise the "look for objects near here, else create one" transaction:
+
+* PostgreSQL: transaction-level advisory locks (``pg_advisory_xact_lock``) on coarse
+  HEALPix cells.  A batch locks, in ascending order (so jobs queue and never deadlock), the
+  cell of every position and its 8 neighbours; cells are at least 4 association radii wide,
+  so two positions within one radius of each other always share a locked cell (the cell of
+  either one).  A job that waited for the lock then reads the objects committed by the
+  other (READ COMMITTED: every statement sees the latest commits) and joins them.
+  Jobs in other parts of the sky do not wait for each other.
+* SQLite: the transaction opens with ``BEGIN IMMEDIATE`` (:func:`vo.db.engine.write_engine`),
+  which takes the database's single write lock before the first read.
+
+Object names continue a per-year counter (table ``object_counters``) incremented with
+``UPDATE ... RETURNING`` under its row lock, taken after the cell locks (one lock order).
+The matching itself is :func:`vo.images.associate.associate` (pure numpy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import astropy.units as u
+import numpy as np
+import sqlalchemy as sa
+from astropy.table import Table
+from astropy_healpix import HEALPix, nside_to_pixel_resolution
+
+from vo.db import models as m
+from vo.db.ingest import _insert, in_transaction
+from vo.images import associate as assoc
+
+#: First key (int4) of the advisory locks of object association ("vo" + 1).
+LOCK_CLASS = 0x766F01
+#: Lock cells are at least this many association radii wide.
+_CELL_RADII = 4.0
+
+
+@dataclass
+class ObjectAssociation:
+    """Result of an association: per measurement its object's id and name, and which
+    objects this call created (names)."""
+
+    object_ids: np.ndarray
+    names: np.ndarray
+    created: list[str]
+
+
+def lock_level(radius_arcsec: float) -> int:
+    """Nested HEALPix level of the lock cells: the finest (at most the column's level) whose
+    pixels are >= ``_CELL_RADII`` radii wide."""
+    for level in range(min(m.HEALPIX_LEVEL, 13), -1, -1):
+        if nside_to_pixel_resolution(2 ** level).to_value(u.arcsec) >= _CELL_RADII * radius_arcsec:
+            return level
+    raise ValueError(f"association radius {radius_arcsec} arcsec is too large")
+
+
+def lock_cells(ra, dec, level: int) -> np.ndarray:
+    """Sorted unique cells (level ``level``, nested) of the positions and their neighbours."""
+    hp = HEALPix(nside=2 ** level, order="nested")
+    pix = hp.lonlat_to_healpix(np.asarray(ra) * u.deg, np.asarray(dec) * u.deg)
+    cells = np.concatenate([pix, hp.neighbours(pix).ravel()])
+    return np.unique(cells[cells >= 0]).astype(np.int64)
+
+
+def _cell_condition(cells: np.ndarray, level: int):
+    """SQL condition: ``healpix`` (column level) inside one of the coarse ``cells``."""
+    shift = 2 * (m.HEALPIX_LEVEL - level)
+    breaks = np.flatnonzero(np.diff(cells) != 1) + 1
+    starts, ends = cells[np.r_[0, breaks]], cells[np.r_[breaks - 1, cells.size - 1]]
+    return sa.or_(*(m.SkyObject.healpix.between(int(a << shift), int(((b + 1) << shift) - 1))
+                    for a, b in zip(starts, ends)))
+
+
+def _lock(session, cells: np.ndarray) -> None:
+    if session.get_bind().dialect.name != "postgresql":
+        return  # SQLite: the BEGIN IMMEDIATE write lock is already held
+    stmt = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("cls", type_=sa.Integer),
+                                                    sa.bindparam("key", type_=sa.Integer)))
+    for cell in cells:  # ascending: concurrent jobs queue instead of deadlocking
+        session.execute(stmt, {"cls": LOCK_CLASS, "key": int(cell)})
+
+
+def reserve_counters(session, year_counts: dict[int, int]) -> dict[int, int]:
+    """Reserve ``n`` consecutive name counters per year; returns the first of each block."""
+    table = m.ObjectCounter.__table__
+    start = {}
+    for year in sorted(year_counts):
+        n = int(year_counts[year])
+        session.execute(_insert(session, table).values(year=int(year), next_counter=0)
+                        .on_conflict_do_nothing(index_elements=["year"]))
+        end = session.execute(sa.update(table).where(table.c.year == int(year))
+                              .values(next_counter=table.c.next_counter + n)
+                              .returning(table.c.next_counter)).scalar_one()
+        start[int(year)] = int(end) - n
+    return start
+
+
+def associate_in_session(session, ra, dec, mjd, provenance_id: int, radius_arcsec: float,
+                         measurement_ids=None) -> ObjectAssociation:
+    """Associate positions to the objects of ``provenance_id`` inside the caller's write
+    transaction (see the module doc); creates the missing objects and, with
+    ``measurement_ids``, sets ``measurements.object_id``.
+
+    Parameters
+    ----------
+    ra, dec : arrays (deg); mjd : array (MJD) of the measurements.
+    provenance_id : id of the association step's provenance (objects are per provenance).
+    radius_arcsec : association radius (arcsec).
+    measurement_ids : optional ids of the ``measurements`` rows, same length as ``ra``.
+    """
+    ra, dec = assoc.check_positions(ra, dec)
+    mjd = np.broadcast_to(np.asarray(mjd, float), ra.shape)
+    if ra.size == 0:
+        return ObjectAssociation(np.zeros(0, np.int64), np.zeros(0, str), [])
+    level = lock_level(radius_arcsec)
+    cells = lock_cells(ra, dec, level)
+    _lock(session, cells)
+    obj = m.SkyObject
+    rows = session.execute(sa.select(obj.id, obj.name, obj.ra, obj.dec)
+                           .where(obj.provenance_id == provenance_id, _cell_condition(cells, level))
+                           .order_by(obj.id)).all()
+    existing = Table(rows=[tuple(r) for r in rows], names=("id", "name", "ra", "dec"),
+                     dtype=(np.int64, "U32", float, float)) if rows else None
+    # names of new objects: first find how many per year, then reserve that many counters
+    _, created, _ = assoc.associate(ra, dec, mjd, existing, radius_arcsec)
+    years, n_per_year = np.unique(np.asarray(created["year"], int), return_counts=True)
+    start = reserve_counters(session, dict(zip(years.tolist(), n_per_year.tolist())))
+    names, created, _ = assoc.associate(ra, dec, mjd, existing, radius_arcsec, counters=start)
+    ids = {} if existing is None else dict(zip(existing["name"].tolist(), existing["id"].tolist()))
+    if len(created):
+        new_rows = [{"name": str(r["name"]), "provenance_id": int(provenance_id), "ra": float(r["ra"]),
+                     "dec": float(r["dec"]), "mjd_first": float(r["mjd_first"])} for r in created]
+        hpx = m.healpix_index(created["ra"], created["dec"])
+        for row, h in zip(new_rows, hpx):
+            row["healpix"] = int(h)
+        result = session.execute(sa.insert(obj.__table__).returning(obj.__table__.c.id, obj.__table__.c.name,
+                                                                     sort_by_parameter_order=True),
+                                 new_rows)
+        ids.update({name: int(i) for i, name in result})
+    object_ids = np.array([ids[n] for n in names], np.int64)
+    if measurement_ids is not None:
+        mids = np.asarray(measurement_ids, np.int64)
+        if mids.shape != ra.shape:
+            raise ValueError(f"{mids.size} measurement ids for {ra.size} positions")
+        t = m.Measurement.__table__
+        session.execute(sa.update(t).where(t.c.id == sa.bindparam("mid"))
+                        .values(object_id=sa.bindparam("oid")).execution_options(synchronize_session=False),
+                        [{"mid": int(a), "oid": int(b)} for a, b in zip(mids, object_ids)])
+    return ObjectAssociation(object_ids, names, [str(n) for n in created["name"]])
+
+
+def associate_objects(engine, ra, dec, mjd, provenance_id: int, radius_arcsec: float,
+                      measurement_ids=None) -> ObjectAssociation:
+    """:func:`associate_in_session` in its own write transaction (retried on deadlock)."""
+    return in_transaction(engine, associate_in_session, ra, dec, mjd, provenance_id, radius_arcsec,
+                          measurement_ids)
+
+
+def _measurements_in_session(session, measurement_ids, provenance_id: int, radius_arcsec: float):
+    t = m.Measurement.__table__
+    mids = sorted({int(i) for i in measurement_ids})
+    rows = session.execute(sa.select(t.c.id, t.c.ra, t.c.dec, t.c.mjd).where(t.c.id.in_(mids))
+                           .order_by(t.c.id)).all()
+    missing = set(mids) - {r[0] for r in rows}
+    if missing:
+        raise ValueError(f"measurements {sorted(missing)[:10]} not in the database")
+    arr = np.array([tuple(r) for r in rows], float).reshape(-1, 4)
+    return associate_in_session(session, arr[:, 1], arr[:, 2], arr[:, 3], provenance_id, radius_arcsec,
+                                measurement_ids=arr[:, 0].astype(np.int64))
+
+
+def associate_measurements(engine, measurement_ids, provenance_id: int,
+                           radius_arcsec: float) -> ObjectAssociation:
+    """Associate ``measurements`` rows (by id; positions and times from the table) to
+    objects and store their ``object_id``, in one transaction.  Results are in ascending
+    id order."""
+    return in_transaction(engine, _measurements_in_session, measurement_ids, provenance_id,
+                          radius_arcsec)
