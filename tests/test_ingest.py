@@ -280,7 +280,7 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "data"
     with pytest.MonkeyPatch.context() as mpatch:
         mpatch.delenv("VO_DATA", raising=False)
-        cfg = vconfig.load_config(overrides={"project": {"data_root": str(root)}})
+        cfg = vconfig.load_config(overrides={"project": {"data_root": str(root)}, "images": {"enabled": False}})
         ra_bin = Catalog.from_config(cfg).load().ra_bins()[0]
         wf.run_targets(cfg, wf.rule_io("targets", cfg, ra_bins=[ra_bin])[1])
         for step in ("download", "reduce", "analysis"):
