@@ -52,6 +52,19 @@ def cmd_populate(args) -> int:
     return 0
 
 
+def cmd_resend_alerts(args) -> int:
+    """Send again the alerts of files whose delivery did not complete (their state file says so)."""
+    from vo.images import alerts
+    cfg = _load(args)
+    kw = alerts.alerts_config(cfg)
+    if not kw["servers"]:
+        raise vconfig.ConfigError("alerts.kafka_servers is not set: there is no broker to send to")
+    unsent = alerts.unsent_files(args.paths or [str(vconfig.data_root(cfg))])
+    alerts.resend_alerts(unsent, **kw)
+    print(f"vo: resent {len(unsent)} alert file(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vo", description="Survey photometry and light curves.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -76,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_run)
     p = common(sub.add_parser("populate", help="rebuild database rows from the files on disk"))
     p.set_defaults(func=cmd_populate)
+    p = common(sub.add_parser("resend-alerts", help="send alert files that did not reach Kafka again"))
+    p.add_argument("paths", nargs="*", help="alert files (default: every .avro under the data root)")
+    p.set_defaults(func=cmd_resend_alerts)
     args = ap.parse_args(argv)
     try:
         return args.func(args)
