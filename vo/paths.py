@@ -41,6 +41,10 @@ FILES = {
     "ingest_images": "{exposure}/{ccd}.ingest.json",
     "reference": "{field}_{filter}_{ccd}",  # prefix: .image.fits, .psf.fits, .sources.fits
     "difference": "{exposure}/{ccd}.sub.fits",
+    "aligned_reference": "{exposure}/{ccd}.refaligned.fits",
+    "candidates": "{exposure}/{ccd}.candidates.fits",
+    "cutouts": "{exposure}/{ccd}.cutouts.h5",
+    "measurements": "{exposure}/{ccd}.measurements.fits",
 }
 
 #: The step whose folder holds each kind of product (kinds not listed are steps themselves).
@@ -48,7 +52,7 @@ KIND_STEP = {"histograms": "analysis", "efficiency": "combine", "plots": "combin
              "bias": "calibration", "flat": "calibration", "image": "preprocessing",
              "sources": "extraction", "psf": "extraction", "background": "extraction",
              "wcs": "astrometry", "zp": "zero_point", "reference": "references",
-             "difference": "subtraction"}
+             "difference": "subtraction", "aligned_reference": "subtraction", "candidates": "detection"}
 
 
 def ra_bin_str(ra_bin: int | str) -> str:

@@ -66,6 +66,9 @@ STEPS: dict[str, StepDef] = {
     "references": StepDef(("references",), ("zero_point",), "vo.images.coadd", images=True),
     "subtraction": StepDef(("subtraction",), ("zero_point", "references"), "vo.images.subtract",
                            images=True),
+    "detection": StepDef(("detection",), ("subtraction",), "vo.images.detect", images=True),
+    "cutouts": StepDef(("cutouts",), ("detection",), "vo.images.cutouts", images=True),
+    "measurements": StepDef(("measurements",), ("cutouts",), "vo.images.measure", images=True),
 }
 
 

@@ -20,8 +20,10 @@ log = logging.getLogger("vo.images")
 
 #: image rules; all run per CCD except the calibration/simulation ones.
 STEPS = ("simulate_exposure", "simulate_calibration", "master_bias", "master_flat", "preprocess",
-         "extract", "astrometry", "zero_point", "ingest_images", "references", "subtraction")
-PER_CCD = ("preprocess", "extract", "astrometry", "zero_point", "ingest_images", "subtraction")
+         "extract", "astrometry", "zero_point", "ingest_images", "references", "subtraction", "detection",
+         "cutouts", "measurements")
+PER_CCD = ("preprocess", "extract", "astrometry", "zero_point", "ingest_images", "subtraction", "detection",
+           "cutouts", "measurements")
 
 
 def instrument(cfg: dict):
@@ -133,7 +135,20 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
         return ({"image": prod("image", **e), "psf": prod("psf", **e), "wcs": prod("wcs", **e),
                  "zp": prod("zp", **e), "ref_image": f"{ref}.image.fits", "ref_psf": f"{ref}.psf.fits",
                  "ref_sources": f"{ref}.sources.fits"},
-                {"difference": prod("difference", **e)})
+                {"difference": prod("difference", **e), "aligned_reference": prod("aligned_reference", **e)})
+    if step == "detection":
+        return {"difference": prod("difference", **e)}, {"candidates": prod("candidates", **e)}
+    if step == "cutouts":
+        return ({"candidates": prod("candidates", **e), "image": prod("image", **e), "wcs": prod("wcs", **e),
+                 "aligned_reference": prod("aligned_reference", **e), "difference": prod("difference", **e)},
+                {"cutouts": prod("cutouts", **e)})
+    if step == "measurements":
+        field, filt = new_exposures(cfg)[exposure]
+        ref = prod("reference", field=field, filter=filt, ccd=ccd)
+        return ({"cutouts": prod("cutouts", **e), "candidates": prod("candidates", **e),
+                 "difference": prod("difference", **e), "zp": prod("zp", **e),
+                 "ref_sources": f"{ref}.sources.fits"},
+                {"measurements": prod("measurements", **e)})
     if step == "ingest_images":
         return ({"raw": raw(exposure), "image": prod("image", **e), "sources": prod("sources", **e),
                  "psf": prod("psf", **e), "background": prod("background", **e), "wcs": prod("wcs", **e),
@@ -369,7 +384,7 @@ def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
     from vo.images.align import align_image, with_wcs
     from vo.images.astrometry import read_wcs
     from vo.images.coadd import read_reference
-    from vo.images.image import read_image
+    from vo.images.image import read_image, write_image
     from vo.images.psf import read_psf
     from vo.images.subtract import subtract, write_difference
     from vo.images.zeropoint import read_zp
@@ -384,7 +399,56 @@ def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
     diff = subtract(new, aligned, read_psf(inputs["psf"]), ref_psf, zp.zp, ref.zp, cfg["subtraction"],
                     method=cfg["subtraction"]["method"])
     write_difference(outputs["difference"], diff, file_attrs(cfg, "subtraction"))
+    write_image(outputs["aligned_reference"], aligned, file_attrs(cfg, "subtraction"))
     log.info("%s %s: %s difference written", exposure, ccd, cfg["subtraction"]["method"])
+
+
+def run_detection(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
+    """Candidates above the score threshold (positive and negative) on one difference image."""
+    from astropy.wcs import WCS
+
+    from vo.images.detect import detect_candidates, write_candidates
+    from vo.images.subtract import read_difference
+
+    diff = read_difference(inputs["difference"])
+    cands = detect_candidates(diff, cfg["detection"], wcs=WCS(diff.header))
+    write_candidates(outputs["candidates"], cands, file_attrs(cfg, "detection"))
+    log.info("%s %s: %d candidates (%d negative)", exposure, ccd, len(cands),
+             int(cands["is_negative"].sum()) if len(cands) else 0)
+
+
+def run_cutouts(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
+    """New, reference and difference stamps around each candidate."""
+    from vo.images.align import with_wcs
+    from vo.images.astrometry import read_wcs
+    from vo.images.cutouts import make_cutouts, write_cutouts
+    from vo.images.detect import read_candidates
+    from vo.images.image import read_image
+    from vo.images.subtract import read_difference
+
+    new = with_wcs(read_image(inputs["image"]), read_wcs(inputs["wcs"]).wcs)
+    cut = make_cutouts(read_candidates(inputs["candidates"]), new, read_image(inputs["aligned_reference"]),
+                       read_difference(inputs["difference"]), size=cfg["cutouts"]["size"])
+    write_cutouts(outputs["cutouts"], cut, file_attrs(cfg, "cutouts"))
+    log.info("%s %s: %d cutouts", exposure, ccd, len(cut))
+
+
+def run_measurements(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
+    """Fluxes, shapes, dipole and bad-pixel measures of each candidate, with the analytic cuts."""
+    from vo.images.cutouts import read_cutouts
+    from vo.images.detect import read_candidates
+    from vo.images.extract import read_sources
+    from vo.images.measure import measure, write_measurements
+    from vo.images.subtract import read_difference
+    from vo.images.zeropoint import read_zp
+
+    table = measure(read_cutouts(inputs["cutouts"]), read_candidates(inputs["candidates"]),
+                    read_difference(inputs["difference"]).psf, read_zp(inputs["zp"]).zp,
+                    read_sources(inputs["ref_sources"]), cfg["measurements"],
+                    pixel_scale=instrument(cfg).pixel_scale)
+    write_measurements(outputs["measurements"], table, file_attrs(cfg, "measurements"))
+    log.info("%s %s: %d measurements kept, %d marked bad", exposure, ccd, len(table),
+             int(table["is_bad"].sum()) if len(table) else 0)
 
 
 def run_ingest_images(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:

@@ -254,6 +254,7 @@ rule subtraction:
         unpack(iio("subtraction", "in")),
     output:
         difference=ipattern("difference"),
+        aligned_reference=temp(ipattern("aligned_reference")),
     log:
         ilog("subtraction", "exposure", "ccd", "vc"),
     benchmark:
@@ -269,6 +270,66 @@ rule subtraction:
         "../../scripts/subtraction.py"
 
 
+rule detection:
+    input:
+        unpack(iio("detection", "in")),
+    output:
+        candidates=ipattern("candidates"),
+    log:
+        ilog("detection", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("detection", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(4000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/detection.py"
+
+
+rule cutouts:
+    input:
+        unpack(iio("cutouts", "in")),
+    output:
+        cutouts=ipattern("cutouts"),
+    log:
+        ilog("cutouts", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("cutouts", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(4000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/cutouts.py"
+
+
+rule measurements:
+    input:
+        unpack(iio("measurements", "in")),
+    output:
+        measurements=ipattern("measurements"),
+    log:
+        ilog("measurements", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("measurements", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(2000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/measurements.py"
+
+
 IMAGE_TARGETS += [
-    image_rules.rule_io("subtraction", CFG, e, c)[1]["difference"] for e in NEW_EXPOSURES for c in CCDS
+    image_rules.rule_io("measurements", CFG, e, c)[1]["measurements"] for e in NEW_EXPOSURES for c in CCDS
 ]
