@@ -45,6 +45,9 @@ FILES = {
     "candidates": "{exposure}/{ccd}.candidates.fits",
     "cutouts": "{exposure}/{ccd}.cutouts.h5",
     "measurements": "{exposure}/{ccd}.measurements.fits",
+    "training_set": "{exposure}/{ccd}.training.fits",
+    "rb_model": "democam_rb_model.json",
+    "scores": "{exposure}/{ccd}.scores.fits",
 }
 
 #: The step whose folder holds each kind of product (kinds not listed are steps themselves).
@@ -52,7 +55,8 @@ KIND_STEP = {"histograms": "analysis", "efficiency": "combine", "plots": "combin
              "bias": "calibration", "flat": "calibration", "image": "preprocessing",
              "sources": "extraction", "psf": "extraction", "background": "extraction",
              "wcs": "astrometry", "zp": "zero_point", "reference": "references",
-             "difference": "subtraction", "aligned_reference": "subtraction", "candidates": "detection"}
+             "difference": "subtraction", "aligned_reference": "subtraction", "candidates": "detection",
+             "training_set": "rb_training", "rb_model": "rb_training", "scores": "scoring"}
 
 
 def ra_bin_str(ra_bin: int | str) -> str:

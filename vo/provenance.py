@@ -69,6 +69,8 @@ STEPS: dict[str, StepDef] = {
     "detection": StepDef(("detection",), ("subtraction",), "vo.images.detect", images=True),
     "cutouts": StepDef(("cutouts",), ("detection",), "vo.images.cutouts", images=True),
     "measurements": StepDef(("measurements",), ("cutouts",), "vo.images.measure", images=True),
+    "rb_training": StepDef(("scoring", "injection"), ("measurements",), "vo.images.training", images=True),
+    "scoring": StepDef(("scoring",), ("measurements", "rb_training"), "vo.images.score", images=True),
 }
 
 

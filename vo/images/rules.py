@@ -21,9 +21,9 @@ log = logging.getLogger("vo.images")
 #: image rules; all run per CCD except the calibration/simulation ones.
 STEPS = ("simulate_exposure", "simulate_calibration", "master_bias", "master_flat", "preprocess",
          "extract", "astrometry", "zero_point", "ingest_images", "references", "subtraction", "detection",
-         "cutouts", "measurements")
+         "cutouts", "measurements", "rb_training_set", "train_rb", "scoring")
 PER_CCD = ("preprocess", "extract", "astrometry", "zero_point", "ingest_images", "subtraction", "detection",
-           "cutouts", "measurements")
+           "cutouts", "measurements", "rb_training_set", "scoring")
 
 
 def instrument(cfg: dict):
@@ -149,6 +149,23 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
                  "difference": prod("difference", **e), "zp": prod("zp", **e),
                  "ref_sources": f"{ref}.sources.fits"},
                 {"measurements": prod("measurements", **e)})
+    if step == "rb_training_set":
+        field, filt = new_exposures(cfg)[exposure]
+        ref = prod("reference", field=field, filter=filt, ccd=ccd)
+        return ({"image": prod("image", **e), "psf": prod("psf", **e), "wcs": prod("wcs", **e),
+                 "zp": prod("zp", **e), "aligned_reference": prod("aligned_reference", **e),
+                 "ref_image": f"{ref}.image.fits", "ref_psf": f"{ref}.psf.fits"},
+                {"training_set": prod("training_set", **e)})
+    if step == "train_rb":
+        return ({"training_sets": [prod("training_set", exposure=x, ccd=c) for x in new_exposures(cfg)
+                                   for c in ccds(cfg)]},
+                {"model": prod("rb_model")})
+    if step == "scoring":
+        inputs = {"measurements": prod("measurements", **e), "cutouts": prod("cutouts", **e),
+                  "psf": prod("psf", **e)}
+        if cfg["scoring"]["algorithm"] == "democam_rb":
+            inputs["model"] = prod("rb_model")
+        return inputs, {"scores": prod("scores", **e)}
     if step == "ingest_images":
         return ({"raw": raw(exposure), "image": prod("image", **e), "sources": prod("sources", **e),
                  "psf": prod("psf", **e), "background": prod("background", **e), "wcs": prod("wcs", **e),
@@ -449,6 +466,80 @@ def run_measurements(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: 
     write_measurements(outputs["measurements"], table, file_attrs(cfg, "measurements"))
     log.info("%s %s: %d measurements kept, %d marked bad", exposure, ccd, len(table),
              int(table["is_bad"].sum()) if len(table) else 0)
+
+
+def run_rb_training_set(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
+    """Labelled real/bogus candidates of one new CCD: fakes (real) and cosmic rays, bad columns
+    and dipoles (bogus) injected, then subtracted, detected and measured like the workflow."""
+    from astropy.io import fits
+
+    from vo.images.align import align_psf, with_wcs
+    from vo.images.astrometry import read_wcs
+    from vo.images.coadd import read_reference
+    from vo.images.image import read_image
+    from vo.images.psf import read_psf
+    from vo.images.simulate import read_truth, rng_for
+    from vo.images.training import training_set
+    from vo.images.zeropoint import read_zp
+    from vo.io.fits import write_fits
+
+    new = with_wcs(read_image(inputs["image"]), read_wcs(inputs["wcs"]).wcs)
+    ref = read_reference({"image": inputs["ref_image"], "psf": inputs["ref_psf"],
+                          "sources": inputs["ref_image"].replace(".image.fits", ".sources.fits")})
+    ref_psf = align_psf(ref.psf, ref.image.wcs, new.wcs, new.sci.shape)
+    truth = None
+    truth_file = Paths(cfg).raw_truth(instrument_key(cfg), exposure)
+    if truth_file.exists():
+        truth = read_truth(truth_file)
+        if "ccd" in truth.colnames:
+            truth = truth[truth["ccd"] == ccd]
+    seed = int(rng_for(cfg["scoring"]["seed"], exposure, ccd).integers(2**31))
+    table = training_set(cfg, new, read_psf(inputs["psf"]), read_zp(inputs["zp"]).zp,
+                         read_image(inputs["aligned_reference"]), ref_psf, ref.zp, seed, truth=truth,
+                         ref_sources=ref.sources, pixel_scale=instrument(cfg).pixel_scale)
+    write_fits(outputs["training_set"], fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(table)]),
+               file_attrs(cfg, "rb_training"))
+    log.info("%s %s: %d training candidates (%d real)", exposure, ccd, len(table), int(table["label"].sum()))
+
+
+def run_train_rb(cfg: dict, inputs: dict, outputs: dict) -> None:
+    """Train the democam_rb model on every training set."""
+    from astropy.table import Table
+
+    from vo.images import score
+    from vo.images.training import train_democam_rb
+
+    tables = [Table.read(f, hdu=1) for f in inputs["training_sets"]]
+    model = train_democam_rb(tables, cfg)
+    score.save_model(outputs["model"], model, file_attrs(cfg, "rb_training"))
+    log.info("democam_rb trained on %d candidates from %d CCDs", sum(len(t) for t in tables), len(tables))
+
+
+def run_scoring(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
+    """Real/bogus score of each kept measurement (democam_rb model or braai d6_m7)."""
+    import numpy as np
+
+    from vo.images import score
+    from vo.images.cutouts import read_cutouts
+    from vo.images.measure import read_measurements
+    from vo.images.psf import read_psf
+
+    from vo.images.training import select_cutouts
+
+    meas = read_measurements(inputs["measurements"])
+    cut = read_cutouts(inputs["cutouts"])
+    stamps = select_cutouts(cut, meas["id"])
+    if cfg["scoring"]["algorithm"] == "braai_d6_m7":  # braai also needs the new and ref stamps
+        order = {int(i): k for k, i in enumerate(cut.candidates["id"])}
+        idx = np.array([order[int(i)] for i in meas["id"]], dtype=int)
+        stamps.update(new=cut.new[idx], ref=cut.ref[idx])
+    algorithm = cfg["scoring"]["algorithm"]
+    model = score.load_model(inputs["model"]) if algorithm == "democam_rb" else None
+    table = score.score(meas, stamps, algorithm, model=model, pars=cfg["scoring"],
+                        fwhm=float(np.atleast_1d(read_psf(inputs["psf"]).fwhm())[0]))
+    score.write_scores(outputs["scores"], table, file_attrs(cfg, "scoring"))
+    log.info("%s %s: %d of %d candidates score >= %.2f (%s)", exposure, ccd, int(table["is_real"].sum()),
+             len(table), cfg["scoring"]["threshold"], algorithm)
 
 
 def run_ingest_images(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:

@@ -283,6 +283,64 @@ rule measurements:
         "../../scripts/measurements.py"
 
 
+rule rb_training_set:
+    input:
+        unpack(iio("rb_training_set", "in")),
+    output:
+        training_set=ipattern("training_set"),
+    log:
+        ilog("rb_training_set", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("rb_training_set", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(6000),
+        runtime=runtime(20),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/rb_training_set.py"
+
+
+rule train_rb:
+    input:
+        unpack(iio("train_rb", "in")),
+    output:
+        model=ipattern("rb_model"),
+    log:
+        ilog("train_rb", "vc"),
+    benchmark:
+        bench_path("train_rb", "vc")
+    resources:
+        mem_mb=mem(4000),
+        runtime=runtime(30),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/train_rb.py"
+
+
+rule scoring:
+    input:
+        unpack(iio("scoring", "in")),
+    output:
+        scores=ipattern("scores"),
+    log:
+        ilog("scoring", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("scoring", "exposure", "ccd", "vc")
+    group:
+        "ccd"
+    resources:
+        mem_mb=mem(3000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/scoring.py"
+
+
 IMAGE_TARGETS += [
-    image_rules.rule_io("measurements", CFG, e, c)[1]["measurements"] for e in NEW_EXPOSURES for c in CCDS
+    image_rules.rule_io("scoring", CFG, e, c)[1]["scores"] for e in NEW_EXPOSURES for c in CCDS
 ]
