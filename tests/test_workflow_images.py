@@ -18,7 +18,8 @@ def run(tmp_path_factory):
     cfgfile.write_text(yaml.safe_dump({
         "project": {"name": "IMGTEST", "obs_names": []},
         "images": {"enabled": True},
-        "DemoCam": {"n_ccds": 2, "n_exposures": 2, "ccd_shape": [512, 512], "n_bias": 3, "n_flats": 3},
+        "DemoCam": {"n_ccds": 1, "n_exposures": 3, "reference_epochs": 2, "ccd_shape": [512, 512],
+                    "n_bias": 3, "n_flats": 3},
     }))
     smk(["--cores", "2", "--configfile", str(cfgfile)], root)
     return root, cfgfile
@@ -28,7 +29,7 @@ def test_every_ccd_is_calibrated_and_ingested(run):
     root, _ = run
     proj = root / "IMGTEST"
     zps = sorted(proj.glob("zero_point-*/*/*.zp.fits"))
-    assert len(zps) == 4
+    assert len(zps) == 3
     for f in zps:
         h = fits.getheader(f)
         assert h["ZP_OK"] and 25 < h["ZP"] < 35 and h["VO_STEP"] == "zero_point"
@@ -38,7 +39,7 @@ def test_every_ccd_is_calibrated_and_ingested(run):
     n = {t: con.execute(f"select count(*) from {t}").fetchone()[0]
          for t in ("exposures", "images", "source_lists", "psfs", "world_coordinates", "zero_points",
                    "catalog_excerpts")}
-    assert n["exposures"] == 2 and n["images"] == 4 and n["zero_points"] == 4, n
+    assert n["exposures"] == 3 and n["images"] == 3 and n["zero_points"] == 3, n
     assert n["catalog_excerpts"] >= 1
 
 
@@ -56,3 +57,23 @@ def test_extraction_change_reruns_only_extraction_and_after(run):
     counts = job_counts(out.stdout + out.stderr)
     assert {"extract", "astrometry", "zero_point", "ingest_images"} <= set(counts), counts
     assert not {"preprocess", "master_bias", "master_flat", "simulate_exposure"} & set(counts), counts
+
+
+def test_new_epoch_is_subtracted_detected_measured_and_scored(run):
+    """Reference from epochs 0-1, new epoch 2: difference, candidates, measurements, scores."""
+    from vo.images.score import read_scores
+    from vo.images.subtract import read_difference
+
+    root, _ = run
+    proj = root / "IMGTEST"
+    from vo.images.coadd import read_reference
+
+    refs = sorted(proj.glob("references-*/f00_r_C01.image.fits"))
+    assert len(refs) == 1
+    assert read_reference(str(refs[0]).replace(".image.fits", "")).n_images == 2
+    diff = read_difference(next(proj.glob("subtraction-*/dc_f00_r_002/C01.sub.fits")))
+    good = diff.flags == 0
+    assert 0.8 < float(diff.score_corr[good].std()) < 1.6
+    assert next(proj.glob("rb_training-*/democam_rb_model.json")).stat().st_size > 0
+    scores = read_scores(next(proj.glob("scoring-*/dc_f00_r_002/C01.scores.fits")))
+    assert len(scores) > 0 and ((scores["score"] >= 0) & (scores["score"] <= 1)).all()

@@ -1,6 +1,8 @@
 # Image pipeline: raw exposures -> calibration -> preprocessing -> extraction -> astrometry
 # -> zero point -> ingest, then references -> subtraction -> detection -> cutouts ->
-# measurements; one job per CCD (the per-CCD steps share a group: one cluster job).
+# measurements -> real/bogus training and scoring; one job per CCD up to the measurements
+# (those per-CCD steps share a group: one cluster job). Scoring waits for the model trained
+# on every CCD, so it and the training sets run outside the group.
 
 
 if INST == "DemoCam":
@@ -292,8 +294,6 @@ rule rb_training_set:
         ilog("rb_training_set", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("rb_training_set", "exposure", "ccd", "vc")
-    group:
-        "ccd"
     resources:
         mem_mb=mem(6000),
         runtime=runtime(20),
@@ -330,8 +330,6 @@ rule scoring:
         ilog("scoring", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("scoring", "exposure", "ccd", "vc")
-    group:
-        "ccd"
     resources:
         mem_mb=mem(3000),
         runtime=runtime(10),
