@@ -77,3 +77,18 @@ def test_new_epoch_is_subtracted_detected_measured_and_scored(run):
     assert next(proj.glob("rb_training-*/democam_rb_model.json")).stat().st_size > 0
     scores = read_scores(next(proj.glob("scoring-*/dc_f00_r_002/C01.scores.fits")))
     assert len(scores) > 0 and ((scores["score"] >= 0) & (scores["score"] <= 1)).all()
+
+
+def test_alerts_written_for_real_detections_with_objects(run):
+    from fastavro import reader
+
+    root, _ = run
+    proj = root / "IMGTEST"
+    alert_file = next(proj.glob("alerts-*/dc_f00_r_002.alerts.avro"))
+    with open(alert_file, "rb") as f:
+        packets = list(reader(f))
+    con = sqlite3.connect(root / "vo.sqlite")
+    names = {r[0] for r in con.execute("select name from objects")}
+    n_real = con.execute("select count(*) from measurements where object_id is not null").fetchone()[0]
+    assert len(packets) == n_real > 0
+    assert {p["objectId"] for p in packets} <= names

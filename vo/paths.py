@@ -48,6 +48,8 @@ FILES = {
     "training_set": "{exposure}/{ccd}.training.fits",
     "rb_model": "democam_rb_model.json",
     "scores": "{exposure}/{ccd}.scores.fits",
+    "association": "{exposure}/{ccd}.association.json",
+    "alerts": "{exposure}.alerts.avro",
 }
 
 #: The step whose folder holds each kind of product (kinds not listed are steps themselves).

@@ -71,6 +71,8 @@ STEPS: dict[str, StepDef] = {
     "measurements": StepDef(("measurements",), ("cutouts",), "vo.images.measure", images=True),
     "rb_training": StepDef(("scoring", "injection"), ("measurements",), "vo.images.training", images=True),
     "scoring": StepDef(("scoring",), ("measurements", "rb_training"), "vo.images.score", images=True),
+    "association": StepDef(("association",), ("scoring",), "vo.images.associate", images=True),
+    "alerts": StepDef((), ("association",), "vo.images.alerts", images=True),
 }
 
 

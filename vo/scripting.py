@@ -24,7 +24,7 @@ ARGS = {
     **{s: ("obs", "ra_bin") for s in workflow.PER_BIN},
     "simulate_exposure": ("exposure",), "simulate_calibration": ("exposure",),
     "master_bias": ("ccd",), "master_flat": ("ccd", "filt"), "references": ("field", "filt", "ccd"),
-    "train_rb": (),
+    "train_rb": (), "alerts": ("exposure",),
     **{s: ("exposure", "ccd") for s in image_rules.PER_CCD},
 }
 HELP = {"obs": "observatory, e.g. DEMO or ZTF", "ra_bin": "integer RA bin (deg)",

@@ -21,9 +21,9 @@ log = logging.getLogger("vo.images")
 #: image rules; all run per CCD except the calibration/simulation ones.
 STEPS = ("simulate_exposure", "simulate_calibration", "master_bias", "master_flat", "preprocess",
          "extract", "astrometry", "zero_point", "ingest_images", "references", "subtraction", "detection",
-         "cutouts", "measurements", "rb_training_set", "train_rb", "scoring")
+         "cutouts", "measurements", "rb_training_set", "train_rb", "scoring", "association", "alerts")
 PER_CCD = ("preprocess", "extract", "astrometry", "zero_point", "ingest_images", "subtraction", "detection",
-           "cutouts", "measurements", "rb_training_set", "scoring")
+           "cutouts", "measurements", "rb_training_set", "scoring", "association")
 
 
 def instrument(cfg: dict):
@@ -80,6 +80,14 @@ def new_exposures(cfg: dict) -> dict[str, tuple[str, str]]:
         if index >= cfg["DemoCam"]["reference_epochs"] and key in refs:
             out[e] = key
     return out
+
+
+def previous_new_exposure(cfg: dict, exposure: str) -> str | None:
+    """The new exposure of the same field and filter just before ``exposure`` (by index)."""
+    news = new_exposures(cfg)
+    same = [e for e in news if news[e] == news[exposure]]
+    i = same.index(exposure)
+    return same[i - 1] if i > 0 else None
 
 
 def exposure_filter(cfg: dict, exposure: str) -> str:
@@ -166,6 +174,21 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
         if cfg["scoring"]["algorithm"] == "democam_rb":
             inputs["model"] = prod("rb_model")
         return inputs, {"scores": prod("scores", **e)}
+    if step == "association":
+        field, filt = new_exposures(cfg)[exposure]
+        ref = prod("reference", field=field, filter=filt, ccd=ccd)
+        inputs = {"ingest_images": prod("ingest_images", **e), "difference": prod("difference", **e),
+                  "candidates": prod("candidates", **e), "cutouts": prod("cutouts", **e),
+                  "measurements": prod("measurements", **e), "scores": prod("scores", **e),
+                  "image": prod("image", **e), "zp": prod("zp", **e), "reference_image": f"{ref}.image.fits",
+                  "reference_psf": f"{ref}.psf.fits", "reference_sources": f"{ref}.sources.fits"}
+        earlier = previous_new_exposure(cfg, exposure)
+        if earlier:  # associate in time order, so object names do not depend on job order
+            inputs["previous"] = prod("association", exposure=earlier, ccd=ccd)
+        return inputs, {"receipt": prod("association", **e)}
+    if step == "alerts":
+        return ({"association": [prod("association", exposure=exposure, ccd=c) for c in ccds(cfg)]},
+                {"alerts": prod("alerts", exposure=exposure)})
     if step == "ingest_images":
         return ({"raw": raw(exposure), "image": prod("image", **e), "sources": prod("sources", **e),
                  "psf": prod("psf", **e), "background": prod("background", **e), "wcs": prod("wcs", **e),
@@ -540,6 +563,45 @@ def run_scoring(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict)
     score.write_scores(outputs["scores"], table, file_attrs(cfg, "scoring"))
     log.info("%s %s: %d of %d candidates score >= %.2f (%s)", exposure, ccd, int(table["is_real"].sum()),
              len(table), cfg["scoring"]["threshold"], algorithm)
+
+
+def run_association(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
+    """Ingest one CCD's reference, difference, candidates, measurements and scores, and associate
+    its real measurements (not bad, score >= threshold) to sky objects (race-free)."""
+    from vo.db import engine as vengine
+    from vo.db import ingest_transients
+
+    eng = vengine.engine_from_config(cfg)
+    field, filt = new_exposures(cfg)[exposure]
+    ingest_transients.ingest_reference(eng, cfg, cfg["images"]["instrument"], field, filt, ccd,
+                                       {"image": inputs["reference_image"], "psf": inputs["reference_psf"],
+                                        "sources": inputs["reference_sources"]})
+    counts = ingest_transients.ingest_transient_products(eng, cfg, cfg["images"]["instrument"], exposure, ccd,
+                                                         {k: inputs[k] for k in ("difference", "candidates",
+                                                          "cutouts", "measurements", "scores", "image", "zp",
+                                                          "reference_image")})
+    write_text(outputs["receipt"], json.dumps({"exposure": exposure, "ccd": ccd, "counts": counts}, indent=1,
+                                              default=str))
+    log.info("%s %s: %s", exposure, ccd, counts)
+
+
+def run_alerts(cfg: dict, exposure: str, inputs: dict, outputs: dict) -> None:
+    """The exposure's AVRO alerts (the file is the source of truth); sent to Kafka when configured."""
+    from vo.db import engine as vengine
+    from vo.images import alert_packets, alerts
+
+    eng = vengine.engine_from_config(cfg)
+    files_by_ccd = {}
+    for c in ccds(cfg):
+        ins, _ = rule_io("association", cfg, exposure, c)
+        files_by_ccd[c] = {k: ins[k] for k in ("measurements", "cutouts", "difference", "scores")}
+    packets = alert_packets.build_alerts(eng, cfg, cfg["images"]["instrument"], exposure, files_by_ccd)
+    alert_packets.write_exposure_alerts(outputs["alerts"], packets, file_attrs(cfg, "alerts"))
+    log.info("%s: %d alerts -> %s", exposure, len(packets), outputs["alerts"])
+    kw = alerts.alerts_config(cfg)
+    if kw["servers"]:
+        state = alerts.send_alerts([outputs["alerts"]], **kw)
+        log.info("%s: Kafka delivery %s (unsent files can be sent again: vo resend-alerts)", exposure, state)
 
 
 def run_ingest_images(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:

@@ -2,7 +2,8 @@
 # -> zero point -> ingest, then references -> subtraction -> detection -> cutouts ->
 # measurements -> real/bogus training and scoring; one job per CCD up to the measurements
 # (those per-CCD steps share a group: one cluster job). Scoring waits for the model trained
-# on every CCD, so it and the training sets run outside the group.
+# on every CCD, so it, the training sets, the association (ingest + objects, in time order)
+# and the alerts (one AVRO file per exposure) run outside the group.
 
 
 if INST == "DemoCam":
@@ -339,6 +340,40 @@ rule scoring:
         "../../scripts/scoring.py"
 
 
-IMAGE_TARGETS += [
-    image_rules.rule_io("scoring", CFG, e, c)[1]["scores"] for e in NEW_EXPOSURES for c in CCDS
-]
+rule association:
+    input:
+        unpack(iio("association", "in")),
+    output:
+        receipt=ipattern("association"),
+    log:
+        ilog("association", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("association", "exposure", "ccd", "vc")
+    resources:
+        mem_mb=mem(2000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/association.py"
+
+
+rule alerts:
+    input:
+        unpack(iio("alerts", "in")),
+    output:
+        alerts=ipattern("alerts"),
+    log:
+        ilog("alerts", "exposure", "vc"),
+    benchmark:
+        bench_path("alerts", "exposure", "vc")
+    resources:
+        mem_mb=mem(2000),
+        runtime=runtime(10),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/alerts.py"
+
+
+IMAGE_TARGETS += [image_rules.rule_io("alerts", CFG, e)[1]["alerts"] for e in NEW_EXPOSURES]

@@ -1,0 +1,12 @@
+"""association: ingest one CCD's reference, difference, candidates, measurements and scores, and associate its real detections to sky objects.
+
+Run by Snakemake (rule association) or by hand to debug it: python scripts/association.py --help
+"""
+import sys
+from pathlib import Path
+
+# run from a checkout without installing vo (Snakemake copies scripts; __real_file__ is the original)
+sys.path.insert(0, str(Path(globals().get("__real_file__", __file__)).resolve().parents[1]))
+from vo.scripting import rule_main  # noqa: E402
+
+rule_main("association", __doc__, globals().get("snakemake"))
