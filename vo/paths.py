@@ -50,6 +50,7 @@ FILES = {
     "scores": "{exposure}/{ccd}.scores.fits",
     "association": "{exposure}/{ccd}.association.json",
     "alerts": "{exposure}.alerts.avro",
+    "efficiency_fakes": "{exposure}/{ccd}.efficiency.fits",
 }
 
 #: The step whose folder holds each kind of product (kinds not listed are steps themselves).
@@ -58,7 +59,8 @@ KIND_STEP = {"histograms": "analysis", "efficiency": "combine", "plots": "combin
              "sources": "extraction", "psf": "extraction", "background": "extraction",
              "wcs": "astrometry", "zp": "zero_point", "reference": "references",
              "difference": "subtraction", "aligned_reference": "subtraction", "candidates": "detection",
-             "training_set": "rb_training", "rb_model": "rb_training", "scores": "scoring"}
+             "training_set": "rb_training", "rb_model": "rb_training", "scores": "scoring",
+             "efficiency_fakes": "injection"}
 
 
 def ra_bin_str(ra_bin: int | str) -> str:

@@ -72,6 +72,7 @@ STEPS: dict[str, StepDef] = {
     "rb_training": StepDef(("scoring", "injection"), ("measurements",), "vo.images.training", images=True),
     "scoring": StepDef(("scoring",), ("measurements", "rb_training"), "vo.images.score", images=True),
     "association": StepDef(("association",), ("scoring",), "vo.images.associate", images=True),
+    "injection": StepDef(("injection",), ("scoring",), "vo.images.inject", images=True),
     "alerts": StepDef((), ("association",), "vo.images.alerts", images=True),
 }
 

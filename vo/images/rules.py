@@ -21,9 +21,9 @@ log = logging.getLogger("vo.images")
 #: image rules; all run per CCD except the calibration/simulation ones.
 STEPS = ("simulate_exposure", "simulate_calibration", "master_bias", "master_flat", "preprocess",
          "extract", "astrometry", "zero_point", "ingest_images", "references", "subtraction", "detection",
-         "cutouts", "measurements", "rb_training_set", "train_rb", "scoring", "association", "alerts")
+         "cutouts", "measurements", "rb_training_set", "train_rb", "scoring", "association", "alerts", "efficiency")
 PER_CCD = ("preprocess", "extract", "astrometry", "zero_point", "ingest_images", "subtraction", "detection",
-           "cutouts", "measurements", "rb_training_set", "scoring", "association")
+           "cutouts", "measurements", "rb_training_set", "scoring", "association", "efficiency")
 
 
 def instrument(cfg: dict):
@@ -164,6 +164,11 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
                  "zp": prod("zp", **e), "aligned_reference": prod("aligned_reference", **e),
                  "ref_image": f"{ref}.image.fits", "ref_psf": f"{ref}.psf.fits"},
                 {"training_set": prod("training_set", **e)})
+    if step == "efficiency":
+        inputs, _ = rule_io("rb_training_set", cfg, exposure, ccd)
+        if cfg["scoring"]["algorithm"] == "democam_rb":
+            inputs["model"] = prod("rb_model")
+        return inputs, {"efficiency": prod("efficiency_fakes", **e)}
     if step == "train_rb":
         return ({"training_sets": [prod("training_set", exposure=x, ccd=c) for x in new_exposures(cfg)
                                    for c in ccds(cfg)]},
@@ -496,20 +501,11 @@ def run_rb_training_set(cfg: dict, exposure: str, ccd: str, inputs: dict, output
     and dipoles (bogus) injected, then subtracted, detected and measured like the workflow."""
     from astropy.io import fits
 
-    from vo.images.align import align_psf, with_wcs
-    from vo.images.astrometry import read_wcs
-    from vo.images.coadd import read_reference
-    from vo.images.image import read_image
-    from vo.images.psf import read_psf
     from vo.images.simulate import read_truth, rng_for
     from vo.images.training import training_set
-    from vo.images.zeropoint import read_zp
     from vo.io.fits import write_fits
 
-    new = with_wcs(read_image(inputs["image"]), read_wcs(inputs["wcs"]).wcs)
-    ref = read_reference({"image": inputs["ref_image"], "psf": inputs["ref_psf"],
-                          "sources": inputs["ref_image"].replace(".image.fits", ".sources.fits")})
-    ref_psf = align_psf(ref.psf, ref.image.wcs, new.wcs, new.sci.shape)
+    new, psf, zp, aligned_ref, ref_psf, ref = _new_and_reference(cfg, inputs)
     truth = None
     truth_file = Paths(cfg).raw_truth(instrument_key(cfg), exposure)
     if truth_file.exists():
@@ -517,12 +513,59 @@ def run_rb_training_set(cfg: dict, exposure: str, ccd: str, inputs: dict, output
         if "ccd" in truth.colnames:
             truth = truth[truth["ccd"] == ccd]
     seed = int(rng_for(cfg["scoring"]["seed"], exposure, ccd).integers(2**31))
-    table = training_set(cfg, new, read_psf(inputs["psf"]), read_zp(inputs["zp"]).zp,
-                         read_image(inputs["aligned_reference"]), ref_psf, ref.zp, seed, truth=truth,
+    table = training_set(cfg, new, psf, zp.zp, aligned_ref, ref_psf, ref.zp, seed, truth=truth,
                          ref_sources=ref.sources, pixel_scale=instrument(cfg).pixel_scale)
     write_fits(outputs["training_set"], fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(table)]),
                file_attrs(cfg, "rb_training"))
     log.info("%s %s: %d training candidates (%d real)", exposure, ccd, len(table), int(table["label"].sum()))
+
+
+def _new_and_reference(cfg: dict, inputs: dict):
+    """(new image with its solved WCS, its PSF, its ZeroPoint, aligned reference image, reference
+    PSF on the new grid, Reference) of a new CCD, from the inputs of rb_training_set/efficiency."""
+    from vo.images.align import align_psf, with_wcs
+    from vo.images.astrometry import read_wcs
+    from vo.images.coadd import read_reference
+    from vo.images.image import read_image
+    from vo.images.psf import read_psf
+    from vo.images.zeropoint import read_zp
+
+    new = with_wcs(read_image(inputs["image"]), read_wcs(inputs["wcs"]).wcs)
+    ref = read_reference({"image": inputs["ref_image"], "psf": inputs["ref_psf"],
+                          "sources": inputs["ref_image"].replace(".image.fits", ".sources.fits")})
+    ref_psf = align_psf(ref.psf, ref.image.wcs, new.wcs, new.sci.shape)
+    return (new, read_psf(inputs["psf"]), read_zp(inputs["zp"]), read_image(inputs["aligned_reference"]),
+            ref_psf, ref)
+
+
+def run_efficiency(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
+    """Inject fakes of known flux into a new CCD, run the same subtraction, detection, cuts and
+    real/bogus score, and write the detection efficiency and flux bias per magnitude bin."""
+    import numpy as np
+
+    from vo.images import inject, score
+    from vo.images.simulate import rng_for
+    from vo.images.training import pipeline_features
+
+    new, psf, zp, aligned_ref, ref_psf, ref = _new_and_reference(cfg, inputs)
+    p = cfg["injection"]
+    seed = int(rng_for(p["seed"], exposure, ccd).integers(2**31))
+    mags = inject.draw_magnitudes(p["n_fakes"], p["mag_range"], seed,
+                                  limmag=zp.limmag5 if p["relative_to_limit"] else None)
+    fake, truth = inject.inject_fakes(new, psf, zp.zp, p["n_fakes"], mags, seed, p)
+    meas = pipeline_features(cfg, fake, psf, zp.zp, aligned_ref, ref_psf, ref.zp, ref.sources,
+                             pixel_scale=instrument(cfg).pixel_scale)
+    algorithm = cfg["scoring"]["algorithm"]
+    if algorithm == "democam_rb" and len(meas):
+        model = score.load_model(inputs["model"])
+        real = score.predict(model, score.feature_matrix(model["features"], meas, None, float(psf.fwhm())))
+        kept = meas[(real >= cfg["scoring"]["threshold"]) & ~np.asarray(meas["is_bad"], bool)]
+    else:  # braai needs stamps the measurements do not keep: efficiency after the cuts
+        kept = meas[~np.asarray(meas["is_bad"], bool)] if len(meas) else meas
+    table = inject.efficiency_table(truth, kept, p["match_radius"], p["bin_width"], flux_column="flux_psf")
+    inject.write_efficiency(outputs["efficiency"], table, file_attrs(cfg, "injection"))
+    log.info("%s %s: %d fakes, %d recovered after cuts and real/bogus", exposure, ccd, len(truth),
+             int(table["n_detected"].sum()))
 
 
 def run_train_rb(cfg: dict, inputs: dict, outputs: dict) -> None:

@@ -376,4 +376,25 @@ rule alerts:
         "../../scripts/alerts.py"
 
 
+rule efficiency:
+    input:
+        unpack(iio("efficiency", "in")),
+    output:
+        efficiency=ipattern("efficiency_fakes"),
+    log:
+        ilog("efficiency", "exposure", "ccd", "vc"),
+    benchmark:
+        bench_path("efficiency", "exposure", "ccd", "vc")
+    resources:
+        mem_mb=mem(6000),
+        runtime=runtime(20),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/efficiency.py"
+
+
 IMAGE_TARGETS += [image_rules.rule_io("alerts", CFG, e)[1]["alerts"] for e in NEW_EXPOSURES]
+IMAGE_TARGETS += [
+    image_rules.rule_io("efficiency", CFG, e, c)[1]["efficiency"] for e in NEW_EXPOSURES for c in CCDS
+]

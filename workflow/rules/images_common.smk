@@ -29,7 +29,8 @@ def iio(step, part, key=None):
     def f(wildcards):
         check = {"master_bias": "calibration", "master_flat": "calibration",
                  "preprocess": "preprocessing", "extract": "extraction",
-                 "rb_training_set": "rb_training", "train_rb": "rb_training"}.get(step, step)
+                 "rb_training_set": "rb_training", "train_rb": "rb_training",
+                 "efficiency": "injection"}.get(step, step)
         if "vc" in wildcards.keys() and wildcards.vc != P.step_suffix(check, IKEY):
             raise ValueError(f"{step}: path hash {wildcards.vc!r} does not match the config's")
         files = image_rules.rule_io(step, CFG, wildcards.get("exposure"), wildcards.get("ccd"),
