@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.io import fits
-from scipy import ndimage
 
 from vo import config as vconfig
 from vo.images import flags as pixflags
@@ -92,7 +91,7 @@ def _bad(image, name: str) -> tuple[np.ndarray, np.ndarray]:
     return mask, flg
 
 
-INPAINT_CHUNK = 65536  # masked pixels per chunk of the inpainting gather (bounds temporary memory)
+INPAINT_CHUNK = 16384  # masked pixels per chunk of the inpainting gather (bounds temporary memory)
 
 
 def inpaint(img: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
@@ -105,28 +104,48 @@ def inpaint(img: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
     Why not a library inpainting (astropy's interpolate_replace_nans, skimage biharmonic): they
     convolve or solve over the whole CCD, much slower on 2048x4096, and a smooth local mean is all
     that is needed to keep bad values from ringing through the FFTs.
+    See :func:`inpaint_many` to inpaint several images with one mask.
     """
-    iy, ix = np.nonzero(mask)
-    if iy.size == 0:
-        return img
+    return inpaint_many((img,), mask, sigma)[0]
+
+
+def inpaint_many(imgs, mask: np.ndarray, sigma: float) -> list[np.ndarray]:
+    """:func:`inpaint` of each 2-D image of ``imgs`` (all of ``mask``'s shape) with one ``mask``:
+    the neighbour indices and weights are computed once for all of them.
+
+    Masked pixels with no good pixel in their (2r + 1)^2 window (r = ceil(3 sigma) pix; e.g. the
+    no-coverage border of an aligned reference) have a zero weight sum: they are set to 0 without
+    the gather, found by growing the good-pixel map with a window OR along each axis.
+    """
+    outs = [np.array(img, copy=True) for img in imgs]
+    if not mask.any():
+        return outs
     r = max(int(np.ceil(3 * sigma)), 1)
+    near = _or_window(_or_window(~mask, 2 * r + 1, 0), 2 * r + 1, 1)  # a good pixel within r
+    for out in outs:
+        out[mask & ~near] = 0
+    iy, ix = np.nonzero(mask & near)
+    if iy.size == 0:
+        return outs
     k = np.arange(-r, r + 1)
     dy, dx = (a.ravel() for a in np.meshgrid(k, k, indexing="ij"))
     g = np.exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2)).astype(np.float32)
-    ny, nx = img.shape
-    out = img.copy()
+    nx = mask.shape[1]
+    # edge-replicated padding = the clipped indices of out-of-image neighbours (weight 0)
+    mpad = np.pad(mask, r, constant_values=True).ravel()
+    flats = [np.pad(img, r, mode="edge").ravel() for img in imgs]
+    off = (dy * (nx + 2 * r) + dx).astype(np.intp)
     for lo in range(0, iy.size, INPAINT_CHUNK):
-        yy = iy[lo:lo + INPAINT_CHUNK, None] + dy
-        xx = ix[lo:lo + INPAINT_CHUNK, None] + dx
-        inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-        np.clip(yy, 0, ny - 1, out=yy)
-        np.clip(xx, 0, nx - 1, out=xx)
-        w = np.where(inside & ~mask[yy, xx], g, np.float32(0))
+        y, x = iy[lo:lo + INPAINT_CHUNK], ix[lo:lo + INPAINT_CHUNK]
+        idx = ((y + r) * (nx + 2 * r) + (x + r))[:, None] + off
+        w = np.where(np.take(mpad, idx), np.float32(0), g)
         den = w.sum(axis=1)
-        num = (w * img[yy, xx]).sum(axis=1)
-        out[iy[lo:lo + INPAINT_CHUNK], ix[lo:lo + INPAINT_CHUNK]] = np.where(
-            den > 0.05 * g.sum(), num / np.maximum(den, 1e-12), np.float32(0))
-    return out
+        ok = den > 0.05 * g.sum()
+        den = np.maximum(den, 1e-12)
+        for out, flat in zip(outs, flats):
+            num = (w * np.take(flat, idx)).sum(axis=1)
+            out[y, x] = np.where(ok, num / den, np.float32(0))
+    return outs
 
 
 def prepare(new, ref, pars: dict, fwhm: float) -> Prepared:
@@ -159,8 +178,9 @@ def prepare(new, ref, pars: dict, fwhm: float) -> Prepared:
         step = max(1, int(np.sqrt(var.size / 1_000_000)))  # a subsample is enough for the median
         sigma2 = float(np.median(var[::step, ::step][~mask[::step, ::step]]))
         var[mask] = sigma2
-        out[key] = (inpaint(sci, mask, max(fwhm / 2.355, 1.0)), var, float(np.sqrt(sigma2)))
-    return Prepared(new=out["new"][0], ref=out["ref"][0], var_new=out["new"][1], var_ref=out["ref"][1],
+        out[key] = (sci, var, float(np.sqrt(sigma2)))
+    sci_new, sci_ref = inpaint_many((out["new"][0], out["ref"][0]), mask, max(fwhm / 2.355, 1.0))
+    return Prepared(new=sci_new, ref=sci_ref, var_new=out["new"][1], var_ref=out["ref"][1],
                     sigma_new=out["new"][2], sigma_ref=out["ref"][2], mask=mask, flags=flg_n | flg_r)
 
 
