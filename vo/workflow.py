@@ -63,7 +63,7 @@ def rule_io(step: str, cfg: dict, obs: str | None = None, ra_bin=None,
     raise KeyError(f"unknown rule {step!r}")
 
 
-def _file_attrs(cfg: dict, step: str, obs: str | None) -> dict:
+def file_attrs(cfg: dict, step: str, obs: str | None) -> dict:
     """Provenance attributes stored in every product file (so files can be re-ingested)."""
     p = vprov.provenance(cfg, step, obs)
     return {"step": step, "obs": obs or "", "provenance_hash": p.hash,
@@ -78,7 +78,7 @@ def run_targets(cfg: dict, outputs: dict) -> None:
 
     cat = Catalog.from_config(cfg).load()
     by_bin = split_by_ra_bin(cat.data)
-    attrs = _file_attrs(cfg, "targets", None)
+    attrs = file_attrs(cfg, "targets", None)
     for path in outputs["targets"]:
         ra_bin = int(Path(path).stem.split("RA")[-1])
         if ra_bin not in by_bin:
@@ -115,7 +115,7 @@ def run_reduce(cfg: dict, obs: str, ra_bin, inputs: dict, outputs: dict) -> None
     manifest = json.loads(Path(inputs["manifest"]).read_text())
     observatory = get_observatory(obs, cfg)
     lcs = observatory.reduce_store(manifest["store"], targets)
-    write_lightcurves(outputs["reduced"], lcs, _file_attrs(cfg, "reduce", obs))
+    write_lightcurves(outputs["reduced"], lcs, file_attrs(cfg, "reduce", obs))
     log.info("%s RA%03d: %d light curves from %d targets", obs, int(ra_bin), len(lcs), len(targets))
 
 
@@ -126,7 +126,7 @@ def run_analysis(cfg: dict, obs: str, ra_bin, inputs: dict, outputs: dict) -> No
 
     lcs = read_lightcurves(inputs["reduced"])
     result = analysis.analyse_lightcurves(lcs, cfg, obs)
-    attrs = _file_attrs(cfg, "analysis", obs)
+    attrs = file_attrs(cfg, "analysis", obs)
     analysis.write_analysis(outputs["analysis"], result, attrs)
     ds = result.histograms
     ds.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in attrs.items()})
@@ -141,7 +141,7 @@ def run_combine(cfg: dict, obs: str, inputs: dict, outputs: dict) -> None:
     from vo.lightcurves import histograms
 
     ds = histograms.combine(inputs["histograms"])
-    attrs = _file_attrs(cfg, "combine", obs)
+    attrs = file_attrs(cfg, "combine", obs)
     ds.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in attrs.items()})
     histograms.write_netcdf(ds, outputs["histograms"])
     table = histograms.efficiency_table(ds)

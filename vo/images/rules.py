@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from vo import provenance as vprov
 from vo.io.atomic import write_text
@@ -203,10 +202,10 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
 
 
 def file_attrs(cfg: dict, step: str) -> dict:
-    """Provenance attributes for the files of an image step."""
-    p = vprov.provenance(cfg, step, instrument_key(cfg))
-    return {"step": step, "obs": p.obs, "provenance_hash": p.hash, "code_version": p.code_version,
-            "parameters": p.parameters, "upstreams": p.upstreams, "project": Paths(cfg).project}
+    """Provenance attributes for the files of an image step (its ``obs`` is the instrument)."""
+    from vo import workflow
+
+    return workflow.file_attrs(cfg, step, instrument_key(cfg))
 
 
 # -- rule bodies ---------------------------------------------------------------------------
@@ -294,7 +293,7 @@ def fetcher(cfg: dict):
     return excerpts.GaiaArchiveFetcher.from_config(cfg)
 
 
-def footprint(header, shape) -> "np.ndarray":
+def footprint(header, shape):
     """Sky corners (4, 2) in degrees of an image from its header WCS."""
     import numpy as np
     from astropy.wcs import WCS
