@@ -202,3 +202,20 @@ def test_clear_errors(tmp_path):
         read_difference(path)
     with pytest.raises(FitsError, match="not found"):
         read_difference(tmp_path / "missing.fits")
+
+
+def test_renormalize_scores_gives_unit_sky_rms():
+    """renormalize_scores divides the score maps by their robust sky rms and scales flux_err to match."""
+    from vo.images.subtract import renormalize_scores
+    from vo.images.subtract.common import Difference, noise_stats
+
+    rng = np.random.default_rng(3)
+    shape = (200, 200)
+    s = (1.1 * rng.standard_normal(shape)).astype(np.float32)
+    d = Difference(diff=s.copy(), diff_err=np.ones(shape, np.float32), score=s.copy(), score_corr=s.copy(),
+                   flux=s.copy(), flux_err=np.ones(shape, np.float32), psf=np.ones((3, 3), np.float32),
+                   flags=np.zeros(shape, np.uint16))
+    d.meta = noise_stats(d)
+    renormalize_scores(d)
+    assert abs(np.std(d.score_corr) - 1) < 0.02 and abs(np.std(d.score) - 1) < 0.02
+    np.testing.assert_allclose(d.flux / d.flux_err, d.score_corr, rtol=1e-5)
