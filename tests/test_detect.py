@@ -14,7 +14,7 @@ pixel-integrated PSF: the S/N of an optimal PSF fit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,6 +29,7 @@ from vo.images.detect import (COLUMNS, DetectionError, detect_candidates, merge_
                               read_candidates, write_candidates)
 from vo.images.image import Image
 from vo.images.psf import PSFModel
+from vo.images.subtract.common import Difference
 from vo.io.fits import FitsError
 
 SIGMA = 10.0          # e-, difference-image noise
@@ -40,21 +41,6 @@ DIPOLE_SHIFT = 0.6    # pix
 BAD_COLUMN, BAD_COLUMN_FLAGGED = 136, 264   # x of the unflagged and the flagged bad column
 BAD_ROWS = slice(40, 120)
 BAD_LEVEL = 6.0       # sigma per pixel along the bad columns
-
-
-@dataclass
-class FakeDifference:
-    """The attributes of vo.images.subtract.Difference that detection, cutouts and measure read."""
-
-    diff: np.ndarray
-    diff_err: np.ndarray
-    score: np.ndarray
-    score_corr: np.ndarray
-    flux: np.ndarray
-    flux_err: np.ndarray
-    psf: np.ndarray
-    flags: np.ndarray
-    meta: dict = field(default_factory=dict)
 
 
 def moffat(fwhm: float = FWHM, beta: float = 3.0, shape=SHAPE) -> PSFModel:
@@ -153,7 +139,7 @@ def synthetic_scene(seed: int = 1, shape=SHAPE):
     psf_stamp = (psf_stamp / psf_stamp.sum()).astype(np.float32)
     aflux, aerr, score = matched_filter(diff, err, psf_stamp)
     score[:, :NAN_COLUMNS] = np.nan
-    d = FakeDifference(diff=diff.astype(np.float32), diff_err=np.where(np.isfinite(diff), err, np.nan).astype(np.float32),
+    d = Difference(diff=diff.astype(np.float32), diff_err=np.where(np.isfinite(diff), err, np.nan).astype(np.float32),
                        score=score, score_corr=score.copy(), flux=aflux, flux_err=aerr, psf=psf_stamp,
                        flags=new_flags | ref_flags, meta={"method": "synthetic", "fwhm": FWHM})
     wcs = make_wcs(shape)
@@ -262,7 +248,7 @@ def test_no_candidates_in_pure_noise():
     stamp = psf.evaluate(255, 255, PSF_SIZE)
     stamp = (stamp / stamp.sum()).astype(np.float32)
     f, fe, s = matched_filter(diff, np.full(shape, SIGMA), stamp)
-    d = FakeDifference(diff.astype(np.float32), np.full(shape, SIGMA, np.float32), s, s, f, fe, stamp,
+    d = Difference(diff.astype(np.float32), np.full(shape, SIGMA, np.float32), s, s, f, fe, stamp,
                        np.zeros(shape, np.uint16))
     assert abs(np.std(s[20:-20, 20:-20]) - 1) < 0.02
     assert len(detect_candidates(d)) == 0
