@@ -272,3 +272,54 @@ def test_align_psf_matches_resampled_star():
     assert np.abs(got - model).max() < 0.03 * model.max()
     assert np.abs(got - wrong).max() > 2 * np.abs(got - model).max()
     assert abs(apsf.fwhm() - psf.fwhm()) < 1e-6  # a rotation keeps the FWHM
+
+
+def _measured_acf(img: np.ndarray, var: np.ndarray, lag: int) -> np.ndarray:
+    """Sample autocorrelation of ``img / sqrt(var)`` (normalised at lag 0)."""
+    z = img / np.sqrt(var)
+    h, w = z.shape
+    out = np.zeros((2 * lag + 1, 2 * lag + 1))
+    for dy in range(-lag, lag + 1):
+        for dx in range(-lag, lag + 1):
+            a = z[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+            b = z[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+            out[lag + dy, lag + dx] = np.mean(a * b)
+    return out / out[lag, lag]
+
+
+def test_noise_autocorrelation_in_header_matches_resampled_noise():
+    """The NACF* header of an aligned image (and of an aligned image aligned again, as a coadd
+    reference is) equals the measured autocorrelation of resampled white noise, and the
+    correlation factor it gives predicts the variance of a PSF-sized kernel sum."""
+    from scipy import signal
+
+    from vo.images.align import NOISE_LAG, read_noise_acf
+    from vo.images.subtract.common import correlation_factor
+
+    rng = np.random.default_rng(4)
+    ny, nx = SHAPE
+    img = Image(sci=rng.normal(0, 10, SHAPE).astype(np.float32), weight=np.full(SHAPE, 0.01, np.float32),
+                flags=np.zeros(SHAPE, pixflags.DTYPE), header=SRC_WCS.to_header(relax=True))
+    assert read_noise_acf(img.header) is None  # never resampled: white
+    once = align_image(img, TGT_WCS, SHAPE)
+    # correlated input (a coadd aligned onto a new image): the header's rho is convolved in; a third
+    # grid, so the two resamplings' phases are unrelated (an exact round trip would correlate them)
+    twice = align_image(once, make_wcs([181.21, 199.43], rot_deg=-0.45, scale=0.5003, sip=False), SHAPE)
+    u = np.arange(-7, 8)
+    kernel = np.exp(-(u[:, None] ** 2 + u[None, :] ** 2) / (2 * 1.3 ** 2))
+    for label, out in (("once", once), ("twice", twice)):
+        sl = (slice(30, ny - 30), slice(30, nx - 30))
+        assert (out.flags[sl] == 0).all()
+        var = 1 / out.weight[sl]
+        rho = read_noise_acf(out.header)
+        meas = _measured_acf(out.sci[sl], var, NOISE_LAG)
+        z = out.sci[sl] / np.sqrt(var)
+        c_meas = signal.fftconvolve(z, kernel, mode="valid").var() / (kernel ** 2).sum()
+        c_pred = correlation_factor(kernel, rho)
+        print(f"\n{label}: rho(0,1) {rho[NOISE_LAG, NOISE_LAG + 1]:.3f} measured {meas[NOISE_LAG, NOISE_LAG + 1]:.3f}; "
+              f"max |rho - measured| {np.abs(rho - meas).max():.4f}; kernel-sum variance factor {c_pred:.3f} "
+              f"predicted, {c_meas:.3f} measured")
+        assert np.abs(rho - meas).max() < 0.03
+        assert c_pred == pytest.approx(c_meas, rel=0.08)  # the variance of c_meas itself: ~3%
+    assert correlation_factor(kernel, None) == 1.0
+    assert correlation_factor(kernel, read_noise_acf(twice.header)) > correlation_factor(kernel, read_noise_acf(once.header))

@@ -261,11 +261,6 @@ def test_recovered_at_snr_10(results):
     assert f["right"] >= 0.95 * f["n"], f
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 6/16 = 37.5% of 4.5 <= S/N < 5.5 transients recovered (detected 10, not dropped 9, not bad 8, "
-    "score >= 0.5: 6; 47% with subtraction.renormalize_score: true); at a 5-sigma detection threshold only "
-    "~60% of S/N 5 sources are detected at all, so the bar needs the real/bogus model to pass nearly every "
-    "S/N~5 detection, which it does not yet"))
 def test_recovered_at_snr_5(results):
     f = funnel(results, lambda s: (s >= 4.5) & (s < 5.5))
     print(f"\n4.5 <= S/N < 5.5: {_fmt(f)}")
@@ -290,11 +285,6 @@ def test_flux_unbiased(results):
     assert abs(med) < 0.02
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 3 false candidates on dc_f00_r_002 C02 (2 on C01, 1 on dc_f00_r_004 C02, 0 elsewhere): S/N 5.2-5.4 "
-    "noise peaks scored 0.68-1.0, because score_corr's sky rms is 1.08-1.12 (correlated noise of the resampled "
-    "reference). With subtraction.renormalize_score: true it is met (at most 1 per CCD, measured), but that "
-    "lowers the held-out recovery of tests/test_training.py to 85%, so it is not the default yet"))
 def test_false_candidates(results):
     for r in results:
         print(f"\n{r.exposure} {r.ccd}: {r.n_false} false candidates {r.false_rows}")

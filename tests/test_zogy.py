@@ -204,18 +204,36 @@ def test_clear_errors(tmp_path):
         read_difference(tmp_path / "missing.fits")
 
 
-def test_renormalize_scores_gives_unit_sky_rms():
-    """renormalize_scores divides the score maps by their robust sky rms and scales flux_err to match."""
-    from vo.images.subtract import renormalize_scores
-    from vo.images.subtract.common import Difference, noise_stats
+@pytest.mark.parametrize("method", ["zogy", "alard_lupton"])
+def test_resampled_reference_noise_is_accounted_for(method):
+    """A reference resampled onto the new grid (subpixel shift and a small rotation) has correlated
+    noise; with its NACF* header the score maps still have unit sky rms, and without it (white-noise
+    assumption, the header keys removed) they are visibly too wide."""
+    from astropy.wcs import WCS
 
-    rng = np.random.default_rng(3)
-    shape = (200, 200)
-    s = (1.1 * rng.standard_normal(shape)).astype(np.float32)
-    d = Difference(diff=s.copy(), diff_err=np.ones(shape, np.float32), score=s.copy(), score_corr=s.copy(),
-                   flux=s.copy(), flux_err=np.ones(shape, np.float32), psf=np.ones((3, 3), np.float32),
-                   flags=np.zeros(shape, np.uint16))
-    d.meta = noise_stats(d)
-    renormalize_scores(d)
-    assert abs(np.std(d.score_corr) - 1) < 0.02 and abs(np.std(d.score) - 1) < 0.02
-    np.testing.assert_allclose(d.flux / d.flux_err, d.score_corr, rtol=1e-5)
+    from vo.images.align import align_image
+
+    # a noisy reference (its noise matters as much as the new image's)
+    new, ref, pn, pr, stars, trans = make_pair(n_stars=80, n_trans=5, seed=11, sky_r=1200.0)
+    # the reference on a grid 0.43, 0.29 pix off and rotated 0.2 deg, aligned back onto the new grid
+    w_new = WCS(new.header)
+    w_ref = w_new.deepcopy()
+    w_ref.wcs.crpix = w_ref.wcs.crpix + np.array([0.43, 0.29])
+    t = np.deg2rad(0.2)
+    w_ref.wcs.cd = w_ref.wcs.cd @ np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    ref_aligned = align_image(Image(sci=ref.sci, weight=ref.weight, flags=ref.flags,
+                                    header=w_ref.to_header(relax=True)), w_new, new.shape)
+    assert "NACF0P1" in ref_aligned.header
+    d = subtract(new, ref_aligned, pn, pr, ZP_NEW, ZP_REF, method=method, stars=stars)
+    white = ref_aligned.header.copy()
+    for key in [k for k in white if k.startswith("NACF")]:
+        del white[key]
+    d_white = subtract(new, Image(sci=ref_aligned.sci, weight=ref_aligned.weight, flags=ref_aligned.flags,
+                                  header=white), pn, pr, ZP_NEW, ZP_REF, method=method, stars=stars)
+    tpos = np.c_[trans["x"], trans["y"]]
+    blank = ((d.flags == 0) & away_from(tpos, new.shape, 4 * d.meta["fwhm"])
+             & away_from(np.c_[stars["x"], stars["y"]], new.shape, 4 * d.meta["fwhm"]))
+    std, std_white = d.score_corr[blank].std(), d_white.score_corr[blank].std()
+    print(f"\n{method}: score_corr sky std {std:.3f} with the reference's noise correlation, {std_white:.3f} without")
+    assert abs(std - 1) < 0.04
+    assert std_white > std + 0.03

@@ -29,6 +29,13 @@ to ``NCORR = 1 / mean(g)`` for areas much larger than the 4x4 kernel.  ``NCORR``
 output header; multiply variances of large-area sums by it (PSF fits on a FWHM ~ 2-4 pix PSF need
 a factor between 1 and ``NCORR``).
 
+Noise correlation: the correlation of output pixels ``(dy, dx)`` apart is, for white input noise,
+the product of the per-axis normalised autocorrelations of the cardinal kernel at each pixel's
+phases (the phase varies slowly over the grid); its average over the output grid (sampled), convolved with the input's own correlation when the input
+was itself resampled (a coadd), is written normalised in the header (``NACF*`` keys,
+:func:`read_noise_acf`), so that the subtraction can propagate it into the variance of
+kernel-weighted sums exactly instead of the white-noise ``sum w^2 var``.
+
 Flags: an output pixel takes the bitwise OR of the flags of the 2x2 source pixels around its
 source position (the pixels its area overlaps); output pixels outside the source image get
 ``EDGE | NAN``.  Flagged output pixels have weight 0 and flagged input pixels are replaced by the
@@ -44,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
-from scipy import ndimage
+from scipy import ndimage, signal
 from scipy.interpolate import CubicSpline
 
 from vo.images import flags as pixflags
@@ -55,6 +62,8 @@ MAP_STEP = 64        # pix between the target pixels where the WCS map is evalua
 BLOCK_PIXELS = 1 << 18  # output pixels per block (keeps the working arrays in cache)
 PAD = 8              # source padding (pix): 4x4 taps stay inside; the spline prefilter sees no edge
 VAR_TABLE = 1024     # phases of the tabulated squared cardinal-spline weights
+NOISE_LAG = 4        # pix: largest lag of the noise autocorrelation kept in headers (NACF* keys)
+ACF_SAMPLE = 31      # every ACF_SAMPLE-th output pixel enters the phase-averaged kernel covariance
 INPAINT_RINGS = 4    # rings of flagged pixels filled from their neighbours before resampling
 NO_COVERAGE = pixflags.EDGE | pixflags.NAN
 
@@ -164,10 +173,12 @@ def bspline_weights(f: np.ndarray) -> list[np.ndarray]:
     return [w0, w1, 1 - w0 - w1 - w3, w3]
 
 
-def _cardinal_tables(n_phase: int = VAR_TABLE) -> tuple[np.ndarray, np.ndarray]:
+def _cardinal_tables(n_phase: int = VAR_TABLE, lag: int = NOISE_LAG) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per axis, the summed squared weights of the interpolating cubic spline on the data
     samples at offsets <= 0 (``q0``) and >= 1 (``q1``) from the sample below, for fractions
-    ``f = i / n_phase``: the spline's effective (cardinal) kernel has infinite support."""
+    ``f = i / n_phase``: the spline's effective (cardinal) kernel has infinite support; and the
+    kernel's autocorrelation ``acf[i, lag + e] = sum_k c_f(k) c_f(k + e)`` for ``|e| <= lag`` (the
+    covariance of two output pixels ``e`` apart, for unit white input noise)."""
     m = 41
     delta = np.zeros((m, m))
     delta[np.arange(m), np.arange(m)] = 1  # row k: a unit sample at k
@@ -179,11 +190,58 @@ def _cardinal_tables(n_phase: int = VAR_TABLE) -> tuple[np.ndarray, np.ndarray]:
     w = bspline_weights(t - i0)
     cw = sum(w[k][None, :] * coef[:, i0 + k - 1] for k in range(4))  # (sample k, phase)
     k = np.arange(m)[:, None] - c
+    acf = np.stack([(cw[max(0, -e):m - max(0, e)] * cw[max(0, e):m - max(0, -e)]).sum(0)
+                    for e in range(-lag, lag + 1)], axis=1)
     return (np.where(k <= 0, cw * cw, 0).sum(0).astype(np.float32),
-            np.where(k >= 1, cw * cw, 0).sum(0).astype(np.float32))
+            np.where(k >= 1, cw * cw, 0).sum(0).astype(np.float32), acf)
 
 
-CARDINAL_Q = _cardinal_tables()
+_Q0, _Q1, CARDINAL_ACF = _cardinal_tables()
+CARDINAL_Q = (_Q0, _Q1)
+CARDINAL_RHO = CARDINAL_ACF / CARDINAL_ACF[:, NOISE_LAG:NOISE_LAG + 1]  # per phase, normalised at lag 0
+
+
+# --------------------------------------------------------------------------- noise correlation
+
+
+def _acf_key(dy: int, dx: int) -> str:
+    return f"NACF{dy}{'M' if dx < 0 else 'P'}{abs(dx)}"
+
+
+def read_noise_acf(header: fits.Header | None) -> np.ndarray | None:
+    """The normalised noise autocorrelation ``rho`` ((2 NOISE_LAG + 1)^2, ``rho[L, L] = 1``,
+    ``rho[L + dy, L + dx]`` between pixels ``dy, dx`` apart) written by :func:`write_noise_acf`,
+    or None (white noise: an image that was never resampled)."""
+    if header is None or _acf_key(0, 1) not in header:
+        return None
+    L = NOISE_LAG
+    rho = np.zeros((2 * L + 1, 2 * L + 1))
+    for dy in range(0, L + 1):
+        for dx in range(-L, L + 1):
+            if dy == 0 and dx < 0:
+                continue
+            v = 1.0 if dy == dx == 0 else float(header.get(_acf_key(dy, dx), 0.0))
+            rho[L + dy, L + dx] = rho[L - dy, L - dx] = v
+    return rho
+
+
+def write_noise_acf(header: fits.Header, rho: np.ndarray) -> None:
+    """Store ``rho`` (see :func:`read_noise_acf`; symmetric, so one half) in ``header`` in place."""
+    L = rho.shape[0] // 2
+    for dy in range(0, L + 1):
+        for dx in range(-L, L + 1):
+            if (dy == 0 and dx <= 0) or max(dy, abs(dx)) > NOISE_LAG:
+                continue
+            header[_acf_key(dy, dx)] = (round(float(rho[L + dy, L + dx]), 5), f"noise correlation at lag {dy},{dx}")
+
+
+def resampled_acf(kernel_acf: np.ndarray, rho_in: np.ndarray | None) -> np.ndarray:
+    """Normalised noise autocorrelation after resampling: the phase-averaged covariance of the
+    interpolation kernel (``kernel_acf``, for white input) convolved with the input's own
+    correlation ``rho_in`` (None: white), cropped to the same lags and normalised at lag 0."""
+    cov = kernel_acf if rho_in is None else signal.convolve(kernel_acf, rho_in, mode="same")
+    L = cov.shape[0] // 2
+    return cov / cov[L, L]
 
 
 def _inpaint(arr: np.ndarray, bad: np.ndarray, n_rings: int = INPAINT_RINGS) -> np.ndarray:
@@ -275,7 +333,9 @@ def _resample_rows(sci_p, var_p, f2, xs, ys, jac, src_shape):
     flg = f2.ravel().take(inner)
     flg[~inside] |= NO_COVERAGE
     j = jac.ravel().astype(np.float32)
-    return j * s, (j * j) * v, flg, g, int(inside.sum())
+    sub = np.flatnonzero(flg[::ACF_SAMPLE] == 0) * ACF_SAMPLE
+    acf = CARDINAL_RHO[ipy[sub]].T @ CARDINAL_RHO[ipx[sub]]  # sum over pixels of rho_y(dy) rho_x(dx)
+    return j * s, (j * j) * v, flg, g, int(inside.sum()), acf
 
 
 def align_image(image: Image, target_wcs: WCS, target_shape, psf: PSFModel | None = None,
@@ -316,11 +376,13 @@ def align_image(image: Image, target_wcs: WCS, target_shape, psf: PSFModel | Non
     var = np.empty((ny, nx), np.float32)
     flg = np.empty((ny, nx), pixflags.DTYPE)
     gsum, gcount, covered = 0.0, 0, 0
+    acf = np.zeros((2 * NOISE_LAG + 1,) * 2)
     rows = max(1, BLOCK_PIXELS // nx)
     for r0 in range(0, ny, rows):
         r1 = min(ny, r0 + rows)
         xs, ys, jac = pmap.rows(r0, r1)
-        s, v, f, g, n_in = _resample_rows(sci_p, var_p, f2, xs, ys, jac, image.shape)
+        s, v, f, g, n_in, acf_block = _resample_rows(sci_p, var_p, f2, xs, ys, jac, image.shape)
+        acf += acf_block
         covered += n_in
         sci[r0:r1], var[r0:r1], flg[r0:r1] = (a.reshape(r1 - r0, nx) for a in (s, v, f))
         good = f == 0
@@ -337,6 +399,8 @@ def align_image(image: Image, target_wcs: WCS, target_shape, psf: PSFModel | Non
     ncorr = gcount / gsum if gsum > 0 else 1.0
     header["NCORR"] = (ncorr, "var of large-area sums / sum of pixel variances")
     header["ALIGNED"] = (True, "resampled by vo.images.align (cubic spline)")
+    if acf[NOISE_LAG, NOISE_LAG] > 0:
+        write_noise_acf(header, resampled_acf(acf, read_noise_acf(image.header)))
     out = Image(sci=sci, weight=weight, flags=flg, header=header)
     if psf is None:
         return out

@@ -16,7 +16,9 @@ Per input ``i`` (zero point ``zp_i``, sky noise ``sigma_i`` (e-), PSF noise-equi
 
 Coadd ``C = sum a_i s_i I_i / sum a_i`` per pixel, variance ``sum a_i^2 s_i^2 var_i / (sum a_i)^2``
 (so the per-pixel pull is 1; neighbouring pixels are correlated by the resampling: header
-``NCORR`` is the input-weighted mean of the aligned images' factors, see :mod:`vo.images.align`).
+``NCORR`` is the input-weighted mean of the aligned images' factors, see :mod:`vo.images.align`;
+the normalised noise autocorrelation, ``NACF*`` keys, is the inputs' covariances summed with their
+coadd coefficients squared).
 A pixel with fewer than ``min_coverage`` unflagged inputs gets the OR of the inputs' flags and
 weight 0.  Units: e- at the common zero point (``m = -2.5 log10(flux) + zp``), sky ~ 0.
 
@@ -38,7 +40,7 @@ from astropy.wcs import WCS
 
 from vo import config as vconfig
 from vo.images import flags as pixflags
-from vo.images.align import align_image, replace_wcs
+from vo.images.align import align_image, read_noise_acf, replace_wcs, write_noise_acf
 from vo.images.background import measure_background
 from vo.images.extract import error_map, extract, image_name, read_sources, write_sources
 from vo.images.image import Image, read_image, write_image
@@ -46,7 +48,7 @@ from vo.images.psf import PSFModel, read_psf, write_psf
 from vo.images.zeropoint import noise_equivalent_area
 from vo.io.fits import FitsError
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: noise autocorrelation (NACF*) in the coadd header
 
 #: header keys copied from the first input to the coadd
 COPY_KEYS = ("INSTRUME", "FILTER", "CCD")
@@ -157,7 +159,7 @@ def build_reference(images: list[Image], psfs: list[PSFModel], zps: list[float],
     vnum = np.zeros((ny, nx), np.float32)
     count = np.zeros((ny, nx), np.int16)
     flag_or = np.zeros((ny, nx), pixflags.DTYPE)
-    scales, weights, sigmas, neas, ncorr = [], [], [], [], []
+    scales, weights, sigmas, neas, ncorr, acfs = [], [], [], [], [], []
     for im, psf, zp_i, nm in zip(images, psfs, zps, names):
         s = 10 ** (0.4 * (zp - zp_i))
         sigma, nea = sky_noise(im), psf_nea(psf)
@@ -176,6 +178,9 @@ def build_reference(images: list[Image], psfs: list[PSFModel], zps: list[float],
         flag_or |= al.flags
         scales.append(s), weights.append(a), sigmas.append(sigma), neas.append(nea)
         ncorr.append(float(al.header["NCORR"]))
+        rho = read_noise_acf(al.header)
+        if rho is not None:  # covariance contributed to the coadd: (a s)^2 var rho
+            acfs.append(float(a * a * s * s) * float(np.median(var[::7, ::7][good[::7, ::7]])) * rho)
     ok = (count >= int(p["min_coverage"])) & (den > 0)
     sci = np.zeros((ny, nx), np.float32)
     weight = np.zeros((ny, nx), np.float32)
@@ -186,6 +191,9 @@ def build_reference(images: list[Image], psfs: list[PSFModel], zps: list[float],
     sci[flg != 0] = 0
     w = np.asarray(weights) / np.sum(weights)
     header = _coadd_header(images, scales, w, zp, target_wcs, name, names, float(np.dot(w, ncorr)))
+    if acfs:
+        acf = np.sum(acfs, axis=0)
+        write_noise_acf(header, acf / acf[acf.shape[0] // 2, acf.shape[1] // 2])
     coadd = Image(sci=sci, weight=weight, flags=flg, header=header)
     ex = extract(coadd, extraction, name=f"{name} ({len(images)} images)")
     meta = {"inputs": names, "zps": zps, "scales": scales, "weights": list(w), "sky_sigma": sigmas,

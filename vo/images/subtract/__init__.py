@@ -28,7 +28,7 @@ from vo.images.subtract.common import (Difference, SubtractionError, flux_ratio,
                                        parameters, prepare)
 from vo.io.fits import FitsError, open_fits, write_fits
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: correlated reference noise in the variances
 METHODS = ("zogy", "alard_lupton")
 MAP_HDUS = {"DIFF": "diff", "ERROR": "diff_err", "SCORE": "score", "SCORR": "score_corr",
             "FLUX": "flux", "FLUXERR": "flux_err", "FLAGS": "flags"}
@@ -94,29 +94,9 @@ def subtract(new, ref, new_psf, ref_psf, new_zp: float, ref_zp: float, pars: dic
     kc = info.pop("kernel_centre", None)
     d.meta = {"method": method, "fwhm": stamp_fwhm(d.psf), "fwhm_new": fwhm_n, "fwhm_ref": fwhm_r,
               "new_zp": float(new_zp), "ref_zp": float(ref_zp), **info, **noise_stats(d)}
-    if p["renormalize_score"]:
-        renormalize_scores(d)
     if kc is not None:
         d.meta["kernel_centre_shape"] = list(kc.shape)
     return d
-
-
-def renormalize_scores(d: Difference) -> None:
-    """Scale ``score`` and ``score_corr`` (and ``flux_err`` with it) so that their robust standard
-    deviation over unflagged pixels is 1, in place; the factors go to ``meta``.
-
-    The resampled reference's noise is correlated (interpolation), which the white-noise
-    variance of ZOGY does not see: on DemoCam the score's sky rms is 1.08-1.12, so a 5-sigma
-    threshold would really be 4.5 sigma.  The robust (MAD) estimate ignores sources.
-    """
-    for name, key in (("score", "std_score"), ("score_corr", "std_score_corr")):
-        s = float(d.meta.get(key, float("nan")))
-        if np.isfinite(s) and s > 0:
-            getattr(d, name)[...] /= np.float32(s)
-            d.meta[f"{name}_scale"] = s
-    s = d.meta.get("score_corr_scale")
-    if s:
-        d.flux_err[...] *= np.float32(s)
 
 
 # --------------------------------------------------------------------------- files

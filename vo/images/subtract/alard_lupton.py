@@ -23,7 +23,9 @@ flux image is the PSF fit (fixed weights) of the difference at every pixel and i
 the exact propagation of both variance maps through the fit and the centre kernel
 (``P^2 * V_target + Q^2 * V_conv``, ``Q = P`` correlated with ``K``), so ``score_corr`` has the
 source noise (and ``psf_error`` x the reference's PSF-filtered flux, as for ZOGY); ``score``
-uses the background noise only.
+uses the background noise only.  Every variance term is multiplied by its kernel's correlation
+factor for the image's measured noise autocorrelation (the resampled reference is not white noise;
+see :func:`~vo.images.subtract.common.correlation_factor`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 from scipy import ndimage, signal
 
 from vo.images.psf import cut_stamps, stamp_grid
-from vo.images.subtract.common import Difference, Prepared, SubtractionError, robust_std
+from vo.images.subtract.common import Difference, Prepared, SubtractionError, correlation_factor, robust_std
 
 MIN_STARS = 3
 MIN_STARS_PER_TERM = 10  # stars per spatial term of the kernel, else the spatial order is lowered
@@ -193,7 +195,9 @@ def alard_lupton(p: Prepared, pn: np.ndarray, pr: np.ndarray, fwhm_new: float, f
     ref_matched = model if ref_sharper else Y  # the reference's stars, in the diff's PSF (x norm)
     del model
     fc = lambda a, k: signal.fftconvolve(a, k.astype(np.float32), mode="same").astype(np.float32)  # noqa: E731
-    var_diff = (VY + fc(VX, kc ** 2)) / np.float32(norm ** 2)
+    rY, rX = (p.rho_new, p.rho_ref) if ref_sharper else (p.rho_ref, p.rho_new)
+    cf = correlation_factor  # variances of kernel sums of correlated noise (see zogy's docstring)
+    var_diff = (VY + fc(VX, kc ** 2 * cf(kc, rX))) / np.float32(norm ** 2)
     diff_err = np.sqrt(np.maximum(var_diff, 0))
     # PSF of the difference: the target image's PSF (as matched by the kernel)
     P = pn if ref_sharper else signal.convolve(pn, kc, mode="same") / a0
@@ -201,19 +205,21 @@ def alard_lupton(p: Prepared, pn: np.ndarray, pr: np.ndarray, fwhm_new: float, f
     Q = signal.correlate(P, kc, mode="full")  # weights of the convolved image's pixels in the fit
     p2 = float((P ** 2).sum())
     flux = fc(diff, P[::-1, ::-1]) / np.float32(p2)
-    var_flux = (fc(VY, (P ** 2)[::-1, ::-1]) + fc(VX, (Q ** 2)[::-1, ::-1])) / np.float32(norm ** 2 * p2 ** 2)
+    cP, cQ = cf(P, rY), cf(Q, rX)
+    var_flux = (fc(VY, (P ** 2 * cP)[::-1, ::-1]) + fc(VX, (Q ** 2 * cQ)[::-1, ::-1])) / np.float32(norm ** 2 * p2 ** 2)
     eps = float(pars["psf_error"])
     if eps > 0:  # PSF-model error of constant stars, as in ZOGY's S_corr here (see zogy.zogy)
         var_flux += np.square(np.float32(eps / (norm * p2)) * fc(ref_matched, P[::-1, ::-1]))
     del ref_matched
     flux_err = np.sqrt(np.maximum(var_flux, 1e-12)).astype(np.float32)
     sY, sX = (p.sigma_new, p.sigma_ref) if ref_sharper else (p.sigma_ref, p.sigma_new)
-    err_bg = np.sqrt(sY ** 2 * p2 + sX ** 2 * float((Q ** 2).sum())) / (norm * p2)
+    err_bg = np.sqrt(cP * sY ** 2 * p2 + cQ * sX ** 2 * float((Q ** 2).sum())) / (norm * p2)
     d = Difference(diff=diff, diff_err=diff_err.astype(np.float32), score=(flux / np.float32(err_bg)),
                    score_corr=flux / flux_err, flux=flux, flux_err=flux_err, psf=P.astype(np.float32),
                    flags=p.flags)
     info.update({"spatial_order": spatial, "bg_order": bg_order, "convolved": "reference" if ref_sharper else "new", "kernel_sum": a0,
                  "kernel_half": kh, "basis_sigmas": [float(s) for s in sigmas],
                  "sigma_new": p.sigma_new, "sigma_ref": p.sigma_ref, "flux_ratio": fr,
+                 "corr_factors": {"P": round(cP, 4), "Q": round(cQ, 4)},
                  "kernel_centre": kc.astype(np.float32)})
     return d, info

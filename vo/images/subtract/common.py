@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.io import fits
+from scipy import signal
 
 from vo import config as vconfig
 from vo.images import flags as pixflags
+from vo.images.align import read_noise_acf
 from vo.images.background import measure_background
 
 
@@ -69,6 +71,8 @@ class Prepared:
     sigma_ref: float
     mask: np.ndarray      # bool: flagged, zero-weight or non-finite in either image (not grown)
     flags: np.ndarray     # uint16: OR of both inputs' flags (+ BAD/NAN for unflagged bad pixels)
+    rho_new: np.ndarray | None = None  # normalised noise autocorrelation (NACF* header keys), None: white
+    rho_ref: np.ndarray | None = None
 
 
 def parameters(pars: dict | None = None) -> dict:
@@ -181,7 +185,26 @@ def prepare(new, ref, pars: dict, fwhm: float) -> Prepared:
         out[key] = (sci, var, float(np.sqrt(sigma2)))
     sci_new, sci_ref = inpaint_many((out["new"][0], out["ref"][0]), mask, max(fwhm / 2.355, 1.0))
     return Prepared(new=sci_new, ref=sci_ref, var_new=out["new"][1], var_ref=out["ref"][1],
-                    sigma_new=out["new"][2], sigma_ref=out["ref"][2], mask=mask, flags=flg_n | flg_r)
+                    sigma_new=out["new"][2], sigma_ref=out["ref"][2], mask=mask, flags=flg_n | flg_r,
+                    rho_new=read_noise_acf(getattr(new, "header", None)),
+                    rho_ref=read_noise_acf(getattr(ref, "header", None)))
+
+
+def correlation_factor(kernel: np.ndarray, rho: np.ndarray | None) -> float:
+    """Variance of ``kernel * x`` for noise ``x`` with autocorrelation ``rho`` (see
+    :func:`vo.images.align.read_noise_acf`: a resampled image's noise is correlated), divided by its white-noise value ``sum(kernel^2) var``:
+    ``sum_d rho(d) A(d) / A(0)`` with ``A`` the kernel's autocorrelation.  1 for white noise
+    (``rho`` None)."""
+    if rho is None:
+        return 1.0
+    k = np.asarray(kernel, np.float64)
+    a = signal.correlate(k, k, mode="full")
+    cy, cx = k.shape[0] - 1, k.shape[1] - 1
+    lag = rho.shape[0] // 2
+    ly, lx = min(lag, cy), min(lag, cx)
+    sub = a[cy - ly: cy + ly + 1, cx - lx: cx + lx + 1]
+    r = rho[lag - ly: lag + ly + 1, lag - lx: lag + lx + 1]
+    return float(max(np.sum(r * sub) / a[cy, cx], 0.0))
 
 
 def _or_window(a: np.ndarray, size: int, axis: int) -> np.ndarray:

@@ -14,6 +14,13 @@ F_r = flux ratio ref/new (so every flux below is in e- of the NEW image)::
 
 The output ``diff`` is D / F_D (e- of the new image, PSF P_D).
 
+Correlated noise: every variance term above assumes white noise.  The aligned (resampled) reference
+is not white, so each term is multiplied by the kernel's correlation factor
+(:func:`~vo.images.subtract.common.correlation_factor` of the noise autocorrelation measured on the
+image's sky, :func:`~vo.images.subtract.common.noise_correlation`): ``V_r k_r^2`` becomes
+``c_r V_r k_r^2`` and so on, and ``score`` is divided by the matching background factor.  Without
+it the score's sky rms was 1.08-1.12 on DemoCam (a 5-sigma threshold was really 4.5 sigma).
+
 Cost on a 2048x4096 CCD: 4 full-size real FFTs forward (N, R, V_n, V_r), 4 inverse (D, S_n,
 S_r, V), and 4 kernel transforms (P_n, P_r, k_n^2, k_r^2) done as row transforms of the few
 non-zero rows followed by column transforms (about half a full FFT each). Kernel spectra for the
@@ -31,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-from vo.images.subtract.common import Difference, Prepared, robust_std
+from vo.images.subtract.common import Difference, Prepared, correlation_factor, robust_std
 
 EPS = 1e-12
 
@@ -139,10 +146,12 @@ def zogy(p: Prepared, pn: np.ndarray, pr: np.ndarray, fr: float, sigma_ast: floa
     Sr = irf(np.float32(fr * fn ** 2) * np.conj(Pr) * (an2 * inv_den) * R)
     del R, an2, ar2, inv_den, Pn, Pr
 
-    kn2 = kernel_rfft2(small["k_n"] ** 2, shape, workers)
+    c = {name: correlation_factor(small[name], rho)
+         for name, rho in (("k_n", p.rho_new), ("k_r", p.rho_ref), ("k_dn", p.rho_new), ("k_dr", p.rho_ref))}
+    kn2 = kernel_rfft2(small["k_n"] ** 2 * c["k_n"], shape, workers)
     V = rf(p.var_new) * kn2
     del kn2
-    kr2 = kernel_rfft2(small["k_r"] ** 2, shape, workers)
+    kr2 = kernel_rfft2(small["k_r"] ** 2 * c["k_r"], shape, workers)
     V += rf(p.var_ref) * kr2
     del kr2
     V = irf(V)
@@ -160,7 +169,10 @@ def zogy(p: Prepared, pn: np.ndarray, pr: np.ndarray, fr: float, sigma_ast: floa
     del Sr
     sqrtV = np.sqrt(V)
     del V
-    score = S * np.float32(1 / np.sqrt(f_s))
+    a_n = sn ** 2 * float((small["k_n"] ** 2).sum())
+    a_r = sr ** 2 * float((small["k_r"] ** 2).sum())
+    bg_scale = (c["k_n"] * a_n + c["k_r"] * a_r) / (a_n + a_r)  # correlated / white background variance
+    score = S * np.float32(1 / np.sqrt(f_s * bg_scale))
     score_corr = S / sqrtV
     flux = S * np.float32(1 / f_s)
     flux_err = sqrtV
@@ -168,14 +180,15 @@ def zogy(p: Prepared, pn: np.ndarray, pr: np.ndarray, fr: float, sigma_ast: floa
     del S
     diff = D
     diff *= np.float32(1 / f_d)
-    var_d = p.var_new * np.float32((small["k_dn"] ** 2).sum())
-    var_d += p.var_ref * np.float32((small["k_dr"] ** 2).sum())
+    var_d = p.var_new * np.float32((small["k_dn"] ** 2).sum() * c["k_dn"])
+    var_d += p.var_ref * np.float32((small["k_dr"] ** 2).sum() * c["k_dr"])
     diff_err = np.sqrt(var_d, out=var_d)
     diff_err *= np.float32(1 / f_d)
     d = Difference(diff=diff, diff_err=diff_err, score=score, score_corr=score_corr, flux=flux,
                    flux_err=flux_err, psf=small["P_D"].astype(np.float32), flags=p.flags)
     info = {"F_S": f_s, "F_D": f_d, "sigma_new": sn, "sigma_ref": sr, "flux_ratio": fr,
-            "sigma_ast": float(sigma_ast), "psf_error": float(psf_error), "kernel_half": int(pn.shape[0] // 2)}
+            "sigma_ast": float(sigma_ast), "psf_error": float(psf_error), "kernel_half": int(pn.shape[0] // 2),
+            "corr_factors": {k: round(v, 4) for k, v in c.items()}}
     return d, info
 
 
