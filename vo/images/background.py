@@ -46,11 +46,30 @@ def measure_background(sci: np.ndarray, mask: np.ndarray | None, mesh: int = 64,
         mask = np.ascontiguousarray(mask, dtype=bool)
         if mask.any():
             data = np.where(mask, np.float32(0), data)  # masked values (maybe NaN) never reach sep
-    b = sep.Background(data, mask=mask, bw=int(mesh), bh=int(mesh), fw=int(filter_size),
-                       fh=int(filter_size))
+    b = _sep_background(data, mask, mesh, filter_size)
     return Background(bg=b.back(dtype=np.float32), rms=b.rms(dtype=np.float32),
                       globalback=float(b.globalback), globalrms=float(b.globalrms),
                       mesh=int(mesh), filter_size=int(filter_size))
+
+
+def subtract_background(data: np.ndarray, mask: np.ndarray | None, mesh: int = 64,
+                        filter_size: int = 3) -> None:
+    """Subtract the :func:`measure_background` sky map of ``data`` (e-) from ``data`` itself, in place,
+    without building the map or the RMS (sep's ``subfrom``: the same values as ``data -= bg``).
+
+    ``data``: C-contiguous float32 array whose pixels under ``mask`` are finite (e.g. set to 0).
+    """
+    if data.dtype != np.float32 or not data.flags.c_contiguous:
+        raise ValueError(f"subtract_background needs a C-contiguous float32 array, got {data.dtype} "
+                         f"(C-contiguous: {data.flags.c_contiguous})")
+    if mask is not None:
+        mask = np.ascontiguousarray(mask, dtype=bool)
+    _sep_background(data, mask, mesh, filter_size).subfrom(data)
+
+
+def _sep_background(data: np.ndarray, mask: np.ndarray | None, mesh: int, filter_size: int) -> sep.Background:
+    return sep.Background(data, mask=mask, bw=int(mesh), bh=int(mesh), fw=int(filter_size),
+                          fh=int(filter_size))
 
 
 def write_background(path: str | os.PathLike, bkg: Background, attrs: dict | None = None) -> None:

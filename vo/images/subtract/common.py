@@ -15,7 +15,7 @@ from scipy import signal
 from vo import config as vconfig
 from vo.images import flags as pixflags
 from vo.images.align import read_noise_acf
-from vo.images.background import measure_background
+from vo.images.background import subtract_background
 
 
 class SubtractionError(ValueError):
@@ -88,11 +88,13 @@ def _bad(image, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise SubtractionError(f"{name}: sci {sci.shape}, weight {weight.shape} and flags {flg.shape} "
                                "must be 2-D arrays of one shape")
     finite = np.isfinite(sci)
-    mask = (flg != 0) | ~finite | ~(weight > 0)  # NaN weights fail weight > 0
     flg = flg.copy()
-    flg[~finite] |= pixflags.NAN
-    flg[mask & (flg == 0)] |= pixflags.BAD
-    return mask, flg
+    if not finite.all():
+        flg[~finite] |= pixflags.NAN
+    no_weight = ~(weight > 0)  # NaN weights fail weight > 0
+    no_weight &= flg == 0
+    flg[no_weight] |= pixflags.BAD
+    return flg != 0, flg  # every flagged, NaN or zero-weight pixel is now flagged
 
 
 INPAINT_CHUNK = 16384  # masked pixels per chunk of the inpainting gather (bounds temporary memory)
@@ -113,43 +115,64 @@ def inpaint(img: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
     return inpaint_many((img,), mask, sigma)[0]
 
 
-def inpaint_many(imgs, mask: np.ndarray, sigma: float) -> list[np.ndarray]:
+def inpaint_many(imgs, mask: np.ndarray, sigma: float, overwrite: bool = False) -> list[np.ndarray]:
     """:func:`inpaint` of each 2-D image of ``imgs`` (all of ``mask``'s shape) with one ``mask``:
     the neighbour indices and weights are computed once for all of them.
 
     Masked pixels with no good pixel in their (2r + 1)^2 window (r = ceil(3 sigma) pix; e.g. the
     no-coverage border of an aligned reference) have a zero weight sum: they are set to 0 without
     the gather, found by growing the good-pixel map with a window OR along each axis.
+    ``overwrite``: inpaint the (writeable) arrays of ``imgs`` themselves instead of copies; either
+    way the means are computed from the input values (all masked pixels are written at the end).
     """
-    outs = [np.array(img, copy=True) for img in imgs]
+    outs = [img if overwrite else np.array(img, copy=True) for img in imgs]
     if not mask.any():
         return outs
     r = max(int(np.ceil(3 * sigma)), 1)
     near = _or_window(_or_window(~mask, 2 * r + 1, 0), 2 * r + 1, 1)  # a good pixel within r
-    for out in outs:
-        out[mask & ~near] = 0
     iy, ix = np.nonzero(mask & near)
-    if iy.size == 0:
-        return outs
     k = np.arange(-r, r + 1)
     dy, dx = (a.ravel() for a in np.meshgrid(k, k, indexing="ij"))
     g = np.exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2)).astype(np.float32)
-    nx = mask.shape[1]
-    # edge-replicated padding = the clipped indices of out-of-image neighbours (weight 0)
-    mpad = np.pad(mask, r, constant_values=True).ravel()
-    flats = [np.pad(img, r, mode="edge").ravel() for img in imgs]
-    off = (dy * (nx + 2 * r) + dx).astype(np.intp)
-    for lo in range(0, iy.size, INPAINT_CHUNK):
-        y, x = iy[lo:lo + INPAINT_CHUNK], ix[lo:lo + INPAINT_CHUNK]
-        idx = ((y + r) * (nx + 2 * r) + (x + r))[:, None] + off
-        w = np.where(np.take(mpad, idx), np.float32(0), g)
-        den = w.sum(axis=1)
-        ok = den > 0.05 * g.sum()
-        den = np.maximum(den, 1e-12)
-        for out, flat in zip(outs, flats):
-            num = (w * np.take(flat, idx)).sum(axis=1)
-            out[y, x] = np.where(ok, num / den, np.float32(0))
+    ny, nx = mask.shape
+    mflat = mask.ravel()
+    flats = [out.ravel() for out in outs]  # views: gathers by flat index, no padded copy
+    vals = [np.empty(iy.size, out.dtype) for out in outs]
+    # windows inside the image are a fixed flat offset from their centre; the few within r of the
+    # border clip their indices (= edge-replicated padding) and give off-image neighbours weight 0
+    inner = (iy >= r) & (iy < ny - r) & (ix >= r) & (ix < nx - r)
+    for sel, clip in ((np.flatnonzero(inner), False), (np.flatnonzero(~inner), True)):
+        for lo in range(0, sel.size, INPAINT_CHUNK):
+            s = sel[lo:lo + INPAINT_CHUNK]
+            idx, off_image = _window_indices(iy[s], ix[s], dy, dx, (ny, nx), clip)
+            off = np.take(mflat, idx)
+            if off_image is not None:
+                off |= off_image
+            w = np.where(off, np.float32(0), g)
+            den = w.sum(axis=1)
+            ok = den > 0.05 * g.sum()
+            den = np.maximum(den, 1e-12)
+            for v, flat in zip(vals, flats):
+                num = (w * np.take(flat, idx)).sum(axis=1)
+                v[s] = np.where(ok, num / den, np.float32(0))
+    far = mask & ~near
+    for out, v in zip(outs, vals):
+        out[iy, ix] = v
+        np.copyto(out, 0, where=far)
     return outs
+
+
+def _window_indices(y: np.ndarray, x: np.ndarray, dy: np.ndarray, dx: np.ndarray, shape: tuple[int, int],
+                    clip: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flat indices (n, len(dy)) of the pixels (y + dy, x + dx) of a C-ordered image of ``shape``,
+    and, with ``clip``, indices clipped into the image plus where they were off it (else None: all
+    windows must lie inside)."""
+    ny, nx = shape
+    if not clip:
+        return (y * nx + x)[:, None] + (dy * nx + dx), None
+    yy, xx = y[:, None] + dy, x[:, None] + dx
+    cy, cx = np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)
+    return cy * nx + cx, (cy != yy) | (cx != xx)
 
 
 def prepare(new, ref, pars: dict, fwhm: float) -> Prepared:
@@ -165,25 +188,27 @@ def prepare(new, ref, pars: dict, fwhm: float) -> Prepared:
     mask_n, flg_n = _bad(new, "new image")
     mask_r, flg_r = _bad(ref, "reference")
     mask = mask_n | mask_r
+    good = ~mask
     for key, own in (("new", mask_n), ("ref", mask_r)):
-        if own.mean() > 0.95:
+        if np.count_nonzero(own) > 0.95 * own.size:
             raise SubtractionError(f"{key} image: {own.mean():.1%} of the pixels are flagged, NaN or "
                                    "have zero weight")
-    if mask.mean() > 0.95:
+    if np.count_nonzero(mask) > 0.95 * mask.size:
         raise SubtractionError(f"new image and reference overlap on only {1 - mask.mean():.1%} of the "
                                "pixels (unflagged in both)")
     out = {}
     for key, image in (("new", new), ("ref", ref)):
-        sci = np.where(mask, np.float32(0), np.asarray(image.sci, np.float32))
-        bkg = measure_background(sci, mask, int(pars["back_size"]), int(pars["back_filter_size"]))
-        sci -= bkg.bg
-        var = np.asarray(image.weight, np.float32).copy()
-        np.divide(np.float32(1), var, out=var, where=~mask)
+        sci = np.where(mask, np.float32(0), np.asarray(image.sci, np.float32))  # no NaN reaches sep
+        subtract_background(sci, mask, int(pars["back_size"]), int(pars["back_filter_size"]))
+        var = np.empty(sci.shape, np.float32)
+        np.divide(np.float32(1), np.asarray(image.weight, np.float32), out=var, where=good)
         step = max(1, int(np.sqrt(var.size / 1_000_000)))  # a subsample is enough for the median
-        sigma2 = float(np.median(var[::step, ::step][~mask[::step, ::step]]))
-        var[mask] = sigma2
+        sigma2 = float(np.median(var[::step, ::step][good[::step, ::step]], overwrite_input=True))
+        np.copyto(var, sigma2, where=mask)
         out[key] = (sci, var, float(np.sqrt(sigma2)))
-    sci_new, sci_ref = inpaint_many((out["new"][0], out["ref"][0]), mask, max(fwhm / 2.355, 1.0))
+    # in place: the sky-subtracted arrays are this function's own
+    sci_new, sci_ref = inpaint_many((out["new"][0], out["ref"][0]), mask, max(fwhm / 2.355, 1.0),
+                                    overwrite=True)
     return Prepared(new=sci_new, ref=sci_ref, var_new=out["new"][1], var_ref=out["ref"][1],
                     sigma_new=out["new"][2], sigma_ref=out["ref"][2], mask=mask, flags=flg_n | flg_r,
                     rho_new=read_noise_acf(getattr(new, "header", None)),
@@ -210,41 +235,41 @@ def correlation_factor(kernel: np.ndarray, rho: np.ndarray | None) -> float:
 def _or_window(a: np.ndarray, size: int, axis: int) -> np.ndarray:
     """Bitwise OR of ``a`` over a centred window of odd ``size`` along ``axis`` (zeros beyond
     the ends).  All 16 flag bits at once by window doubling, O(log size) passes; written here
-    because scipy's maximum filter works on one bit at a time for this purpose."""
+    because scipy's maximum filter works on one bit at a time for this purpose.  Every pass is
+    one ``|`` of two shifted slices into a new C-ordered array (no strided copies)."""
     r = size // 2
     pad = [(0, 0)] * a.ndim
     pad[axis] = (r, r)
-    ap = np.moveaxis(np.pad(a, pad), axis, 0)
-    n = ap.shape[0]
-    pw, length = ap, 1           # pw[i] = OR of ap[i : i + length]
+    ap = np.pad(a, pad)
+
+    def cut(lo: int, hi: int | None) -> tuple:  # ap[lo:hi] along ``axis``
+        return tuple(slice(lo, hi) if i == axis else slice(None) for i in range(a.ndim))
+
+    pw, length = ap, 1           # pw[i] = OR of ap[i : i + length] (length n - length + 1)
     acc, acc_len = None, 0       # acc[i] = OR of ap[i : i + acc_len]
     s = size
     while s:
         if s & 1:
-            if acc is None:
-                acc = pw.copy()
-            else:
-                acc[:n - acc_len] |= pw[acc_len:]
+            acc = pw if acc is None else acc[cut(0, acc.shape[axis] - length)] | pw[cut(acc_len, None)]
             acc_len += length
         s >>= 1
         if s:
-            nxt = pw.copy()
-            nxt[:n - length] |= pw[length:]
-            pw, length = nxt, 2 * length
-    return np.moveaxis(acc[:n - 2 * r], 0, axis)
+            pw = pw[cut(0, pw.shape[axis] - length)] | pw[cut(length, None)]
+            length *= 2
+    return acc
 
 
 def grow_flags(flags: np.ndarray, radius: int) -> np.ndarray:
     """OR of ``flags`` over a (2 radius + 1)^2 box around each pixel, and EDGE within ``radius``
     of the border (separable: a window OR along each axis)."""
-    out = flags.copy()
-    if radius > 0:
-        size = 2 * radius + 1
-        out = _or_window(_or_window(out, size, 0), size, 1)
-        out[:radius] |= pixflags.EDGE
-        out[-radius:] |= pixflags.EDGE
-        out[:, :radius] |= pixflags.EDGE
-        out[:, -radius:] |= pixflags.EDGE
+    if radius <= 0:
+        return flags.copy()
+    size = 2 * radius + 1
+    out = _or_window(_or_window(flags, size, 0), size, 1)
+    out[:radius] |= pixflags.EDGE
+    out[-radius:] |= pixflags.EDGE
+    out[:, :radius] |= pixflags.EDGE
+    out[:, -radius:] |= pixflags.EDGE
     return out
 
 
