@@ -376,7 +376,7 @@ def test_alert_packets(engine, products, tmp_path):
     assert n_with_history >= 2
 
 
-def test_forced_photometry_of_undetected_objects(engine, products):
+def test_forced_photometry_of_undetected_objects(engine, products, tmp_path):
     """Objects of the first new epoch not detected in the second: forced fluxes on the second
     difference agree with their true fluxes (truth table) within 3 sigma."""
     p = products
@@ -401,3 +401,14 @@ def test_forced_photometry_of_undetected_objects(engine, products):
             n_true += 1
             assert abs(rec["flux"] - truth["flux"][k]) < 3 * rec["flux_err"], (rec, truth[k])
     assert n_true >= 1
+    # the alerts rule's table of them: one row each, read back with astropy
+    from astropy.table import Table
+
+    from vo.images.alert_packets import write_forced_table
+
+    path = tmp_path / f"{second}.forced.fits"
+    write_forced_table(path, recs)
+    back = Table.read(path, hdu="FORCED")
+    assert list(back["object"]) == names
+    np.testing.assert_allclose(back["flux"], [r["flux"] for r in recs], rtol=1e-6)
+    np.testing.assert_allclose(back["ra"], ra, rtol=1e-12)

@@ -172,6 +172,37 @@ def test_efficiency_table_counts_and_matching():
     assert empty["n_detected"].sum() == 0 and np.all(np.isnan(empty["flux_bias"]))
 
 
+def test_combined_efficiency_equals_one_table_of_all_fakes(tmp_path):
+    """Two CCDs' tables (different magnitude ranges, so different bins) combined give the counts
+    and efficiencies of one table made from all their fakes together, the 50% magnitude, a plot."""
+    rng = np.random.default_rng(8)
+    n = 400
+    mag = rng.uniform(18, 23, n)
+    truth = Table({"x": np.arange(n) * 10.0, "y": np.zeros(n), "mag": mag, "flux": 10 ** (-0.4 * (mag - 30))})
+    found = rng.random(n) < 1 / (1 + np.exp((mag - 21.3) / 0.3))  # 50% at 21.3
+    det = Table({"x": truth["x"][found], "y": truth["y"][found], "flux": truth["flux"][found] * 1.01})
+    first = truth["mag"] < 20.6
+    parts = [I.efficiency_table(truth[sel], det, radius=1.0, bin_width=0.5, flux_column="flux")
+             for sel in (first, ~first)]
+    assert parts[0]["mag_lo"][-1] == parts[1]["mag_lo"][0]  # a shared bin, counted from both
+    comb = I.combine_efficiency(parts)
+    whole = I.efficiency_table(truth, det, radius=1.0, bin_width=0.5, flux_column="flux")
+    assert list(comb["mag_lo"]) == list(whole["mag_lo"])
+    assert list(comb["n_injected"]) == list(whole["n_injected"]) and list(comb["n_detected"]) == list(whole["n_detected"])
+    np.testing.assert_allclose(comb["efficiency"], whole["efficiency"])
+    np.testing.assert_allclose(comb["efficiency_err"], whole["efficiency_err"])
+    ok = np.isfinite(comb["flux_bias"])
+    np.testing.assert_allclose(comb["flux_bias"][ok], 0.01, atol=1e-9)
+    assert comb.meta["MAG50"] == pytest.approx(21.3, abs=0.25) and comb.meta["N_FAKES"] == n
+    I.write_efficiency(tmp_path / "s.fits", comb)
+    back = I.read_efficiency(tmp_path / "s.fits")
+    assert back.meta["MAG50"] == pytest.approx(comb.meta["MAG50"]) and list(back["n_detected"]) == list(comb["n_detected"])
+    I.plot_efficiency(tmp_path / "s.png", comb)
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no efficiency table"):
+        I.combine_efficiency([])
+
+
 def test_files_and_errors(tmp_path):
     image = make_image((150, 150))
     psf = moffat_psf(image.shape)

@@ -2,6 +2,7 @@
 
 import sqlite3
 
+import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
@@ -92,3 +93,24 @@ def test_alerts_written_for_real_detections_with_objects(run):
     n_real = con.execute("select count(*) from measurements where object_id is not null").fetchone()[0]
     assert len(packets) == n_real > 0
     assert {p["objectId"] for p in packets} <= names
+
+
+def test_forced_photometry_and_efficiency_summary(run):
+    """Each new exposure has a forced-photometry table of the known objects it did not detect
+    (HDU FORCED, one row per object, none of them detected here) and the run an efficiency summary."""
+    from astropy.table import Table
+
+    root, _ = run
+    proj = root / "IMGTEST"
+    forced = Table.read(next(proj.glob("alerts-*/dc_f00_r_002.forced.fits")), hdu="FORCED")
+    assert {"object", "ra", "dec", "mjd", "flux", "flux_err", "limmag"} <= set(forced.colnames)
+    con = sqlite3.connect(root / "vo.sqlite")
+    detected_here = {r[0] for r in con.execute(
+        "select o.name from measurements m join objects o on m.object_id = o.id join cutouts c on m.cutouts_id = c.id "
+        "join subtractions s on c.subtraction_id = s.id join images i on s.image_id = i.id "
+        "join exposures e on i.exposure_id = e.id where e.name = 'dc_f00_r_002'")}
+    assert not set(forced["object"]) & detected_here
+    summary = Table.read(next(proj.glob("injection-*/efficiency_summary.fits")), hdu="EFFICIENCY")
+    assert summary["n_injected"].sum() > 0 and np.nanmax(summary["efficiency"]) > 0.8
+    assert next(proj.glob("injection-*/efficiency_summary.png")).stat().st_size > 1000
+

@@ -292,8 +292,30 @@ def undetected_forced_photometry(engine, cfg: dict, instrument: str, exposure: s
                 continue
             recs = _forced_records(read_difference(files["difference"]), ra[near], dec[near], sub.zp,
                                    cfg["association"], sub.mjd, sub.filter, exposure, ccd)
-            out += [{"object": objs[i].name, **rec} for i, rec in zip(np.flatnonzero(near), recs) if rec is not None]
+            out += [{"object": objs[i].name, "ra": float(ra[i]), "dec": float(dec[i]), **rec}
+                    for i, rec in zip(np.flatnonzero(near), recs) if rec is not None]
     return out
+
+
+FORCED_COLUMNS = ("object", "ra", "dec", "exposure", "ccd", "filter", "mjd", "flux", "flux_err", "snr", "mag",
+                  "mag_err", "limmag", "zp", "flags")
+
+
+def write_forced_table(path, records: list[dict], attrs: dict | None = None) -> None:
+    """The records of :func:`undetected_forced_photometry` as a FITS table (HDU ``FORCED``, columns
+    :data:`FORCED_COLUMNS`: fluxes in e- of the difference, magnitudes AB, one row per object,
+    possibly none), atomically."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from vo.io.fits import write_fits
+
+    text = {"object", "exposure", "ccd", "filter"}
+    table = Table({c: np.array([r.get(c) for r in records], str if c in text else
+                               (np.int32 if c == "flags" else float)) for c in FORCED_COLUMNS})
+    hdu = fits.table_to_hdu(table)
+    hdu.name = "FORCED"
+    write_fits(path, fits.HDUList([fits.PrimaryHDU(), hdu]), attrs)
 
 
 def write_exposure_alerts(path, alerts: list[dict], attrs: dict | None = None) -> None:

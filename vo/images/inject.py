@@ -270,6 +270,82 @@ def efficiency_table(truth: Table, detections: Table, radius: float, bin_width: 
     return out
 
 
+def combine_efficiency(tables: list[Table]) -> Table:
+    """One efficiency table from several (e.g. every CCD of a night) of :func:`efficiency_table`.
+
+    Bins are the multiples of the bin width that :func:`efficiency_table` uses, so equal
+    ``mag_lo`` are the same bin: counts are summed and the efficiency recomputed (Wilson error);
+    ``flux_bias`` is the mean of the tables' bin medians weighted by their detections (its error
+    propagated the same way), ``median_snr`` the injection-weighted mean.  ``meta["MAG50"]``: the
+    magnitude where the efficiency falls through 50% (linear interpolation; NaN if it never does).
+    """
+    if not tables:
+        raise ValueError("combine_efficiency: no efficiency table to combine")
+    lo = np.round(np.concatenate([np.asarray(t["mag_lo"], float) for t in tables]), 6)
+    hi = np.round(np.concatenate([np.asarray(t["mag_hi"], float) for t in tables]), 6)
+    col = {k: np.concatenate([np.asarray(t[k], float) if k in t.colnames else np.full(len(t), np.nan)
+                              for t in tables])
+           for k in ("n_injected", "n_detected", "flux_bias", "flux_bias_err", "median_snr")}
+    keys, which = np.unique(lo, return_inverse=True)
+    nb = keys.size
+    n_inj = np.bincount(which, col["n_injected"], nb).astype(int)
+    n_det = np.bincount(which, col["n_detected"], nb).astype(int)
+    wb = np.where(np.isfinite(col["flux_bias"]), col["n_detected"], 0)
+    ws = np.where(np.isfinite(col["median_snr"]), col["n_injected"], 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bias = np.bincount(which, wb * np.nan_to_num(col["flux_bias"]), nb) / np.bincount(which, wb, nb)
+        bias_err = np.sqrt(np.bincount(which, (wb * np.nan_to_num(col["flux_bias_err"])) ** 2, nb)) / np.bincount(which, wb, nb)
+        snr = np.bincount(which, ws * np.nan_to_num(col["median_snr"]), nb) / np.bincount(which, ws, nb)
+    eff = np.full(nb, np.nan)
+    err = np.full(nb, np.nan)
+    for b in np.flatnonzero(n_inj):  # a few tens of bins
+        eff[b], err[b] = _wilson(int(n_det[b]), int(n_inj[b]))
+    out = Table()
+    out["mag_lo"] = keys
+    out["mag_hi"] = np.array([hi[lo == k].max() for k in keys])
+    out["mag_mid"] = (out["mag_lo"] + out["mag_hi"]) / 2
+    out["n_injected"], out["n_detected"] = n_inj, n_det
+    out["efficiency"], out["efficiency_err"] = eff, err
+    out["flux_bias"], out["flux_bias_err"], out["median_snr"] = bias, bias_err, snr
+    out.meta.update({"N_TABLES": len(tables), "N_FAKES": int(n_inj.sum()), "N_FOUND": int(n_det.sum()),
+                     "MAG50": mag50(np.asarray(out["mag_mid"]), eff)})
+    return out
+
+
+def mag50(mag: np.ndarray, eff: np.ndarray) -> float:
+    """Magnitude where ``eff`` (ordered by ``mag``) first drops through 0.5 (linear interpolation)."""
+    ok = np.isfinite(eff)
+    m, e = mag[ok], eff[ok]
+    for k in range(1, m.size):
+        if e[k - 1] >= 0.5 > e[k]:
+            return float(m[k - 1] + (e[k - 1] - 0.5) / (e[k - 1] - e[k]) * (m[k] - m[k - 1]))
+    return float("nan")
+
+
+def plot_efficiency(path, table: Table, title: str = "") -> None:
+    """Efficiency (with errors) and flux bias versus magnitude, to a PNG (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vo.io.atomic import atomic_path
+
+    fig, (a1, a2) = plt.subplots(2, 1, sharex=True, figsize=(6, 6))
+    a1.errorbar(table["mag_mid"], table["efficiency"], yerr=table["efficiency_err"], fmt="o-")
+    a1.axhline(0.5, ls=":", c="grey")
+    a1.set_ylabel("detection efficiency")
+    a1.set_title(title or f"{table.meta.get('N_FAKES', '')} fakes; m50 = {table.meta.get('MAG50', np.nan):.2f}")
+    a2.errorbar(table["mag_mid"], table["flux_bias"], yerr=table["flux_bias_err"], fmt="o-")
+    a2.axhline(0, ls=":", c="grey")
+    a2.set_ylabel("flux bias (measured / true - 1)")
+    a2.set_xlabel("magnitude")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
 def _wilson(k: int, n: int, z: float = 1.0) -> tuple[float, float]:
     """Efficiency k/n and the half-width of its Wilson score interval (z sigma)."""
     p = k / n
@@ -295,7 +371,7 @@ def read_table(path: str | os.PathLike, extname: str, columns=()) -> Table:
     """Read a table written by :func:`write_table`; FitsError naming the file if unusable."""
     with open_fits(path, required=(extname,)) as hdul:
         t = Table(hdul[extname].data)
-        for key in ("ZP", "N_FAKES", "STAMP", "RADIUS", "N_FOUND"):
+        for key in ("ZP", "N_FAKES", "STAMP", "RADIUS", "N_FOUND", "N_TABLES", "MAG50"):
             if key in hdul[extname].header:
                 t.meta[key] = hdul[extname].header[key]
     missing = [c for c in columns if c not in t.colnames]

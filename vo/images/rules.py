@@ -8,10 +8,13 @@ failed is flagged, not a crash: later steps write flagged products and log why.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 
 from vo import provenance as vprov
+from vo.images.skipped import SkipProduct, first_skipped, skipped_reason, write_skipped
 from vo.io.atomic import write_text
 from vo.paths import Paths
 
@@ -20,7 +23,8 @@ log = logging.getLogger("vo.images")
 #: image rules; all run per CCD except the calibration/simulation ones.
 STEPS = ("simulate_exposure", "simulate_calibration", "master_bias", "master_flat", "preprocess",
          "extract", "astrometry", "zero_point", "ingest_images", "references", "subtraction", "detection",
-         "cutouts", "measurements", "rb_training_set", "train_rb", "scoring", "association", "alerts", "efficiency")
+         "cutouts", "measurements", "rb_training_set", "train_rb", "scoring", "association", "alerts", "efficiency",
+         "efficiency_summary")
 PER_CCD = ("preprocess", "extract", "astrometry", "zero_point", "ingest_images", "subtraction", "detection",
            "cutouts", "measurements", "rb_training_set", "scoring", "association", "efficiency")
 
@@ -81,6 +85,18 @@ def new_exposures(cfg: dict) -> dict[str, tuple[str, str]]:
     return out
 
 
+def unreferenced_exposures(cfg: dict) -> list[str]:
+    """Science exposures after the reference epochs whose field and filter have no reference (too
+    few reference epochs or inputs): they are calibrated and ingested but not subtracted."""
+    if cfg["images"]["instrument"] != "DemoCam":
+        return []
+    from vo.images.simulate import parse_exposure
+
+    news = new_exposures(cfg)
+    return [e for e in exposures(cfg)
+            if e not in news and parse_exposure(cfg, e)[2] >= cfg["DemoCam"]["reference_epochs"]]
+
+
 def previous_new_exposure(cfg: dict, exposure: str) -> str | None:
     """The new exposure of the same field and filter just before ``exposure`` (by index)."""
     news = new_exposures(cfg)
@@ -95,9 +111,10 @@ def exposure_filter(cfg: dict, exposure: str) -> str:
 
 
 def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None = None,
-            filt: str | None = None, field: str | None = None) -> tuple[dict, dict]:
-    """(inputs, outputs) of one job of image rule ``step`` as dicts of name -> path."""
-    P = Paths(cfg)
+            filt: str | None = None, field: str | None = None, paths: Paths | None = None) -> tuple[dict, dict]:
+    """(inputs, outputs) of one job of image rule ``step`` as dicts of name -> path; ``paths``: the
+    run's :class:`Paths` of ``cfg`` (reused, its hashes are computed once)."""
+    P = paths or Paths(cfg)
     inst = instrument(cfg)
     key = instrument_key(cfg)
 
@@ -192,7 +209,11 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
         return inputs, {"receipt": prod("association", **e)}
     if step == "alerts":
         return ({"association": [prod("association", exposure=exposure, ccd=c) for c in ccds(cfg)]},
-                {"alerts": prod("alerts", exposure=exposure)})
+                {"alerts": prod("alerts", exposure=exposure), "forced": prod("forced", exposure=exposure)})
+    if step == "efficiency_summary":
+        return ({"efficiency": [prod("efficiency_fakes", exposure=x, ccd=c) for x in new_exposures(cfg)
+                                for c in ccds(cfg)]},
+                {"summary": prod("efficiency_summary"), "plot": prod("efficiency_plot")})
     if step == "ingest_images":
         return ({"raw": raw(exposure), "image": prod("image", **e), "sources": prod("sources", **e),
                  "psf": prod("psf", **e), "background": prod("background", **e), "wcs": prod("wcs", **e),
@@ -206,6 +227,34 @@ def file_attrs(cfg: dict, step: str) -> dict:
     from vo import workflow
 
     return workflow.file_attrs(cfg, step, instrument_key(cfg))
+
+
+def skippable(prov_step: str):
+    """Decorate a transient rule body ``run_x(cfg, *job, inputs, outputs)``: when an input is a
+    skipped-product marker, or the body raises :class:`SkipProduct`, every output is written as a
+    skipped marker with the reason (and the step's provenance) and a warning is logged, instead of
+    failing the job (see :mod:`vo.images.skipped`)."""
+    def decorate(func):
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def run(*args, **kwargs) -> None:
+            bound = signature.bind(*args, **kwargs).arguments
+            cfg, inputs, outputs = bound["cfg"], bound["inputs"], bound["outputs"]
+            job = [str(v) for k, v in bound.items() if k not in ("cfg", "inputs", "outputs")]
+            hit = first_skipped(inputs.values())
+            if hit is None:
+                try:
+                    return func(*args, **kwargs)
+                except SkipProduct as exc:
+                    why = str(exc)
+            else:
+                why = hit[1]
+            log.warning("%s %s: skipped: %s", func.__name__.removeprefix("run_"), " ".join(job), why)
+            for path in outputs.values():
+                write_skipped(path, why, file_attrs(cfg, prov_step))
+        return run
+    return decorate
 
 
 # -- rule bodies ---------------------------------------------------------------------------
@@ -393,13 +442,15 @@ def run_zero_point(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
         log.warning("%s %s: zero point FAILED (%s)", exposure, ccd, zp.reason)
 
 
+@skippable("references")
 def run_references(cfg: dict, field: str, filt: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Coadd the reference epochs of one field, filter and CCD onto the best-seeing input's grid.
 
-    Inputs whose astrometry or zero point failed are left out (logged)."""
+    Inputs whose astrometry or zero point failed are left out (logged); with no good input (or
+    too few) the reference is skipped and so are the subtractions that need it."""
     from vo.images.align import with_wcs
     from vo.images.astrometry import read_wcs
-    from vo.images.coadd import build_reference, write_reference
+    from vo.images.coadd import ReferenceError, build_reference, write_reference
     from vo.images.image import read_image
     from vo.images.psf import read_psf
     from vo.images.zeropoint import read_zp
@@ -415,38 +466,56 @@ def run_references(cfg: dict, field: str, filt: str, ccd: str, inputs: dict, out
         psfs.append(read_psf(psf))
         zps.append(z.zp)
     if not images:
-        raise ValueError(f"reference {field} {filt} {ccd}: no input with a good WCS and zero point")
+        raise SkipProduct(f"reference {field} {filt} {ccd}: no input with a good WCS and zero point")
     best = min(range(len(images)), key=lambda i: float(psfs[i].fwhm()))
-    ref = build_reference(images, psfs, zps, images[best].wcs, images[best].sci.shape, cfg["references"],
-                          cfg["extraction"], name=f"reference {field} {filt} {ccd}")
+    try:
+        ref = build_reference(images, psfs, zps, images[best].wcs, images[best].sci.shape, cfg["references"],
+                              cfg["extraction"], name=f"reference {field} {filt} {ccd}")
+    except ReferenceError as exc:
+        raise SkipProduct(str(exc)) from exc
     write_reference(outputs, ref, file_attrs(cfg, "references"))
     log.info("reference %s %s %s: %d images, zp %.3f", field, filt, ccd, ref.n_images, ref.zp)
 
 
+@skippable("subtraction")
 def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
-    """Align the reference onto the new image and subtract it (ZOGY or Alard-Lupton)."""
+    """Align the reference onto the new image and subtract it (ZOGY or Alard-Lupton).
+
+    Skipped (flagged, see :func:`skippable`) when the new image's astrometry or zero point failed,
+    the reference does not overlap it, or the pair cannot be subtracted (too few unflagged pixels
+    in common, too few stars for Alard-Lupton)."""
     from vo.images.align import align_image, with_wcs
     from vo.images.astrometry import read_wcs
     from vo.images.coadd import read_reference
     from vo.images.image import read_image, write_image
     from vo.images.psf import read_psf
-    from vo.images.subtract import subtract, write_difference
+    from vo.images.subtract import SubtractionError, subtract, write_difference
     from vo.images.zeropoint import read_zp
 
     sol, zp = read_wcs(inputs["wcs"]), read_zp(inputs["zp"])
     if not (sol.ok and zp.ok):
-        raise ValueError(f"{exposure} {ccd}: cannot subtract: astrometry/zero point failed "
-                         f"({sol.reason or zp.reason}) in {inputs['wcs']}")
+        raise SkipProduct(f"{exposure} {ccd}: cannot subtract: astrometry/zero point failed "
+                          f"({sol.reason or zp.reason}) in {inputs['wcs']}")
     new = with_wcs(read_image(inputs["image"]), sol.wcs)
     ref = read_reference({"image": inputs["ref_image"], "psf": inputs["ref_psf"], "sources": inputs["ref_sources"]})
-    aligned, ref_psf = align_image(ref.image, new.wcs, new.sci.shape, psf=ref.psf)
-    diff = subtract(new, aligned, read_psf(inputs["psf"]), ref_psf, zp.zp, ref.zp, cfg["subtraction"],
-                    method=cfg["subtraction"]["method"])
+    try:
+        aligned, ref_psf = align_image(ref.image, new.wcs, new.sci.shape, psf=ref.psf)
+        if not (aligned.flags == 0).any():
+            raise SubtractionError(f"{inputs['ref_image']} does not overlap {exposure} {ccd}")
+        diff = subtract(new, aligned, read_psf(inputs["psf"]), ref_psf, zp.zp, ref.zp, cfg["subtraction"],
+                        method=cfg["subtraction"]["method"])
+    except SubtractionError as exc:
+        raise SkipProduct(f"{exposure} {ccd}: cannot subtract {inputs['ref_image']}: {exc}") from exc
+    except ValueError as exc:
+        if "no overlap" not in str(exc):
+            raise
+        raise SkipProduct(f"{exposure} {ccd}: reference {inputs['ref_image']} does not overlap the image ({exc})") from exc
     write_difference(outputs["difference"], diff, file_attrs(cfg, "subtraction"))
     write_image(outputs["aligned_reference"], aligned, file_attrs(cfg, "subtraction"))
     log.info("%s %s: %s difference written", exposure, ccd, cfg["subtraction"]["method"])
 
 
+@skippable("detection")
 def run_detection(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Candidates above the score threshold (positive and negative) on one difference image."""
     from astropy.wcs import WCS
@@ -461,6 +530,7 @@ def run_detection(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dic
              int(cands["is_negative"].sum()) if len(cands) else 0)
 
 
+@skippable("cutouts")
 def run_cutouts(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """New, reference and difference stamps around each candidate."""
     from vo.images.align import with_wcs
@@ -477,6 +547,7 @@ def run_cutouts(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict)
     log.info("%s %s: %d cutouts", exposure, ccd, len(cut))
 
 
+@skippable("measurements")
 def run_measurements(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Fluxes, shapes, dipole and bad-pixel measures of each candidate, with the analytic cuts."""
     from vo.images.cutouts import read_cutouts
@@ -495,6 +566,7 @@ def run_measurements(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: 
              int(table["is_bad"].sum()) if len(table) else 0)
 
 
+@skippable("rb_training")
 def run_rb_training_set(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Labelled real/bogus candidates of one new CCD: fakes (real) and cosmic rays, bad columns
     and dipoles (bogus) injected, then subtracted, detected and measured like the workflow."""
@@ -537,6 +609,7 @@ def _new_and_reference(cfg: dict, inputs: dict):
             ref_psf, ref)
 
 
+@skippable("injection")
 def run_efficiency(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Inject fakes of known flux into a new CCD, run the same subtraction, detection, cuts and
     real/bogus score, and write the detection efficiency and flux bias per magnitude bin."""
@@ -567,6 +640,27 @@ def run_efficiency(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
              int(table["n_detected"].sum()))
 
 
+def run_efficiency_summary(cfg: dict, inputs: dict, outputs: dict) -> None:
+    """Every CCD's fake-injection efficiency combined into one table and plot per run (skipped CCDs
+    left out, logged)."""
+    from vo.images import inject
+
+    tables = []
+    for f in inputs["efficiency"]:
+        why = skipped_reason(f)
+        if why is None:
+            tables.append(inject.read_efficiency(f))
+        else:
+            log.warning("efficiency_summary: leaving out %s (skipped: %s)", f, why)
+    if not tables:
+        raise ValueError(f"efficiency_summary: every efficiency table is skipped ({len(inputs['efficiency'])} files)")
+    table = inject.combine_efficiency(tables)
+    inject.write_efficiency(outputs["summary"], table, file_attrs(cfg, "injection"))
+    inject.plot_efficiency(outputs["plot"], table)
+    log.info("efficiency over %d CCD images: %d of %d fakes recovered; 50%% at mag %.2f", len(tables),
+             table.meta["N_FOUND"], table.meta["N_FAKES"], table.meta["MAG50"])
+
+
 def run_train_rb(cfg: dict, inputs: dict, outputs: dict) -> None:
     """Train the democam_rb model on every training set."""
     from astropy.table import Table
@@ -574,12 +668,23 @@ def run_train_rb(cfg: dict, inputs: dict, outputs: dict) -> None:
     from vo.images import score
     from vo.images.training import train_democam_rb
 
-    tables = [Table.read(f, hdu=1) for f in inputs["training_sets"]]
+    files = []
+    for f in inputs["training_sets"]:
+        why = skipped_reason(f)
+        if why is None:
+            files.append(f)
+        else:
+            log.warning("train_rb: leaving out %s (skipped: %s)", f, why)
+    if not files:
+        raise ValueError(f"train_rb: every training set is skipped ({len(inputs['training_sets'])} files): "
+                         "no new image could be subtracted")
+    tables = [Table.read(f, hdu=1) for f in files]
     model = train_democam_rb(tables, cfg)
     score.save_model(outputs["model"], model, file_attrs(cfg, "rb_training"))
     log.info("democam_rb trained on %d candidates from %d CCDs", sum(len(t) for t in tables), len(tables))
 
 
+@skippable("scoring")
 def run_scoring(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Real/bogus score of each kept measurement (democam_rb model or braai d6_m7)."""
     import numpy as np
@@ -607,6 +712,7 @@ def run_scoring(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict)
              len(table), cfg["scoring"]["threshold"], algorithm)
 
 
+@skippable("association")
 def run_association(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Ingest one CCD's reference, difference, candidates, measurements and scores, and associate
     its real measurements (not bad, score >= threshold) to sky objects (race-free)."""
@@ -634,12 +740,20 @@ def run_alerts(cfg: dict, exposure: str, inputs: dict, outputs: dict) -> None:
 
     eng = vengine.engine_from_config(cfg)
     files_by_ccd = {}
-    for c in ccds(cfg):
+    for c, receipt in zip(ccds(cfg), inputs["association"]):
+        why = skipped_reason(receipt)
+        if why is not None:
+            log.warning("%s %s: no alerts (skipped: %s)", exposure, c, why)
+            continue
         ins, _ = rule_io("association", cfg, exposure, c)
         files_by_ccd[c] = {k: ins[k] for k in ("measurements", "cutouts", "difference", "scores")}
     packets = alert_packets.build_alerts(eng, cfg, cfg["images"]["instrument"], exposure, files_by_ccd)
+    forced = alert_packets.undetected_forced_photometry(eng, cfg, cfg["images"]["instrument"], exposure,
+                                                        files_by_ccd)
+    alert_packets.write_forced_table(outputs["forced"], forced, file_attrs(cfg, "alerts"))
     alert_packets.write_exposure_alerts(outputs["alerts"], packets, file_attrs(cfg, "alerts"))
-    log.info("%s: %d alerts -> %s", exposure, len(packets), outputs["alerts"])
+    log.info("%s: %d alerts -> %s; forced photometry of %d undetected objects -> %s", exposure, len(packets),
+             outputs["alerts"], len(forced), outputs["forced"])
     kw = alerts.alerts_config(cfg)
     if kw["servers"]:
         state = alerts.send_alerts([outputs["alerts"]], **kw)
