@@ -11,10 +11,21 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workf
              "--directory", str(REPO)]
 
 
-def smk(args, data_root, check=True):
+def smk_env(data_root):
+    """Environment of a test run: data under ``data_root``, the default SQLite database."""
     env = dict(os.environ, VO_DATA=str(data_root))
     env.pop("VO_DB_URL", None)
-    out = subprocess.run(SNAKEMAKE + args, capture_output=True, text=True, env=env, cwd=REPO)
+    return env
+
+
+def snakemake_command(args, workdir=REPO):
+    """The snakemake command line; ``workdir`` holds its ``.snakemake`` folder (locks, metadata)."""
+    return SNAKEMAKE[:-1] + [str(workdir)] + list(args)
+
+
+def smk(args, data_root, check=True, workdir=REPO):
+    out = subprocess.run(snakemake_command(args, workdir), capture_output=True, text=True,
+                         env=smk_env(data_root), cwd=REPO)
     if check and out.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}")
     return out

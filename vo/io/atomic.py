@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +36,21 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_orphans(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_path` for ``path`` that a killed writer left
+    (``.{stem}.XXXXXXXX.tmp{suffix}``); returns them.
+
+    Call it only where no other process can be writing ``path`` at the same time: the one
+    job that makes it (Snakemake runs one job per output), or a writer holding its lock.
+    """
+    path = Path(path)
+    name = re.compile(re.escape(f".{path.stem}.") + r"[a-z0-9_]{8}" + re.escape(f".tmp{path.suffix}"))
+    found = [p for p in path.parent.glob(".*.tmp*") if name.fullmatch(p.name)] if path.parent.is_dir() else []
+    for tmp in found:
+        tmp.unlink(missing_ok=True)
+    return found
 
 
 def _umask() -> int:
