@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from vo import config as vconfig
@@ -52,6 +53,38 @@ def cmd_populate(args) -> int:
     return 0
 
 
+def cmd_db(args) -> int:
+    """Database schema: upgrade in place, show the revision, write a migration (vo.db.migrate)."""
+    from vo.db import migrate
+    from vo.db.engine import engine_from_config
+    engine = engine_from_config(_load(args))
+    try:
+        print(f"vo: {migrate.run_command(engine, args.action, args.revision, args.message)}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_status(args) -> int:
+    """Per step and provenance hash: products done, flagged, failed, missing; database rows."""
+    from vo import status
+    from vo.db.engine import engine_from_config
+
+    cfg = _load(args)
+    url = vconfig.database_url(cfg)
+    absent = url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///"):])
+    engine = None if args.no_db or absent else engine_from_config(cfg)
+    try:
+        rows = status.status(cfg, engine)
+    finally:
+        if engine is not None:
+            engine.dispose()
+    print(status.to_json(rows) if args.json else status.format_table(rows, problems=args.problems))
+    if args.benchmarks:
+        print("\n" + status.benchmark_table(cfg).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    return 1 if any(s.counts["failed"] for s in rows) else 0
+
+
 def cmd_resend_alerts(args) -> int:
     """Send again the alerts of files whose delivery did not complete (their state file says so)."""
     from vo.images import alerts
@@ -89,6 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_run)
     p = common(sub.add_parser("populate", help="rebuild database rows from the files on disk"))
     p.set_defaults(func=cmd_populate)
+    p = common(sub.add_parser("db", help="database schema: upgrade in place (migrations), current revision"))
+    p.add_argument("action", choices=["upgrade", "downgrade", "current", "revision"])
+    p.add_argument("revision", nargs="?", default="head", help="target of upgrade/downgrade (default head)")
+    p.add_argument("-m", "--message", help="what a new revision changes (vo db revision)")
+    p.set_defaults(func=cmd_db)
+    p = common(sub.add_parser("status", help="products per step and provenance hash: done, flagged, failed, "
+                                             "missing; database rows"))
+    p.add_argument("--json", action="store_true", help="the table as JSON, with every failed/flagged product")
+    p.add_argument("--problems", type=int, default=5, metavar="N",
+                   help="list up to N failed or flagged products per step, with why (default 5)")
+    p.add_argument("--no-db", action="store_true", help="files only; do not read the database")
+    p.add_argument("--benchmarks", action="store_true", help="also runtime and memory per rule (benchmark files)")
+    p.set_defaults(func=cmd_status)
     p = common(sub.add_parser("resend-alerts", help="send alert files that did not reach Kafka again"))
     p.add_argument("paths", nargs="*", help="alert files (default: every .avro under the data root)")
     p.set_defaults(func=cmd_resend_alerts)

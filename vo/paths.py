@@ -50,7 +50,10 @@ FILES = {
     "scores": "{exposure}/{ccd}.scores.fits",
     "association": "{exposure}/{ccd}.association.json",
     "alerts": "{exposure}.alerts.avro",
+    "forced": "{exposure}.forced.fits",  # forced photometry of known objects not detected in the exposure
     "efficiency_fakes": "{exposure}/{ccd}.efficiency.fits",
+    "efficiency_summary": "efficiency_summary.fits",
+    "efficiency_plot": "efficiency_summary.png",
 }
 
 #: The step whose folder holds each kind of product (kinds not listed are steps themselves).
@@ -60,7 +63,8 @@ KIND_STEP = {"histograms": "analysis", "efficiency": "combine", "plots": "combin
              "wcs": "astrometry", "zp": "zero_point", "reference": "references",
              "difference": "subtraction", "aligned_reference": "subtraction", "candidates": "detection",
              "training_set": "rb_training", "rb_model": "rb_training", "scores": "scoring",
-             "efficiency_fakes": "injection"}
+             "efficiency_fakes": "injection", "efficiency_summary": "injection",
+             "efficiency_plot": "injection", "forced": "alerts"}
 
 
 def ra_bin_str(ra_bin: int | str) -> str:
@@ -76,6 +80,7 @@ class Paths:
         self.data_root = vconfig.data_root(cfg)
         self.project = cfg["project"]["name"].upper()
         self.version_control = bool(cfg["project"]["version_control"])
+        self._hashes: dict[tuple, str] = {}  # step hashes, computed once per Paths (a run's snapshot)
 
     # -- shared, unhashed ------------------------------------------------------------
     def raw_photometry(self, obs: str, ra_bin: int | str) -> Path:
@@ -103,7 +108,11 @@ class Paths:
         return self.data_root / self.project
 
     def step_hash(self, step: str, obs: str | None = None) -> str:
-        return vprov.provenance(self.cfg, step, obs).hash
+        """Provenance hash of ``step`` (computed on first use: a Paths is one config's snapshot)."""
+        key = (step, obs)
+        if key not in self._hashes:
+            self._hashes[key] = vprov.provenance(self.cfg, step, obs).hash
+        return self._hashes[key]
 
     def step_suffix(self, step: str, obs: str | None = None) -> str:
         """``-{hash}`` with version control, ``""`` without."""
@@ -137,3 +146,7 @@ class Paths:
 
     def benchmark(self, rule: str, *wildcards: str) -> str:
         return str(self.project_dir / "benchmarks" / rule / ("_".join(wildcards) or rule)) + ".tsv"
+
+    def benchmark_summary(self) -> str:
+        """Per-rule runtime and memory of the run's benchmark files (HTML table for the report)."""
+        return str(self.project_dir / "benchmarks" / f"summary_{vprov.run_hash(self.cfg)}.html")

@@ -17,6 +17,7 @@ import time
 from vo import config as vconfig
 from vo import workflow
 from vo.images import rules as image_rules
+from vo.io.atomic import remove_orphans
 
 #: job arguments of each rule: which of obs, ra_bin, exposure, ccd, filt it takes.
 ARGS = {
@@ -24,7 +25,7 @@ ARGS = {
     **{s: ("obs", "ra_bin") for s in workflow.PER_BIN},
     "simulate_exposure": ("exposure",), "simulate_calibration": ("exposure",),
     "master_bias": ("ccd",), "master_flat": ("ccd", "filt"), "references": ("field", "filt", "ccd"),
-    "train_rb": (), "alerts": ("exposure",),
+    "train_rb": (), "efficiency_summary": (), "alerts": ("exposure",),
     **{s: ("exposure", "ccd") for s in image_rules.PER_CCD},
 }
 HELP = {"obs": "observatory, e.g. DEMO or ZTF", "ra_bin": "integer RA bin (deg)",
@@ -68,6 +69,45 @@ def _standalone_io(step: str, cfg: dict, job: dict) -> tuple[dict, dict]:
     return workflow.rule_io(step, cfg, job.get("obs"), job.get("ra_bin"), ra_bins)
 
 
+def _run_ccd(step: str, cfg: dict, exposure: str, ccd: str) -> str | None:
+    """One CCD of an exposure job: the step run on the CCD's files (from ``rule_io``); the error,
+    logged with its traceback, if it failed."""
+    inputs, outputs = image_rules.rule_io(step, cfg, exposure, ccd)
+    for out in outputs.values():
+        for tmp in remove_orphans(out):  # a killed earlier attempt's partial write
+            logging.getLogger("vo").info("removed %s, left by a killed job", tmp)
+    try:
+        getattr(image_rules, f"run_{step}")(cfg, exposure, ccd, inputs, outputs)
+    except Exception as exc:
+        logging.getLogger("vo").error("%s %s %s failed: %s: %s", step, exposure, ccd, type(exc).__name__, exc,
+                                      exc_info=True)
+        return f"{ccd}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _run_exposure(step: str, cfg: dict, exposure: str, threads: int) -> None:
+    """A per-CCD step on every CCD of ``exposure`` (``images.jobs: exposure``), ``threads`` CCDs at
+    a time in worker processes; the job fails, once every CCD was tried, if one failed."""
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    cal = image_rules.instrument(cfg).calibration_names(cfg)  # read the raw folder once, not per CCD
+    cfg = vconfig.deep_merge(cfg, {"images": {"bias_exposures": cal["bias"], "flat_exposures": cal["flat"]}})
+    ccds = image_rules.ccds(cfg)
+    run = partial(_run_ccd, step, cfg, exposure)
+    t0 = time.perf_counter()
+    if threads > 1 and len(ccds) > 1:
+        with ProcessPoolExecutor(min(threads, len(ccds))) as pool:
+            errors = [e for e in pool.map(run, ccds) if e]
+    else:
+        errors = [e for e in map(run, ccds) if e]
+    log = logging.getLogger("vo")
+    if errors:
+        log.error("%s %s failed on %d of %d CCDs: %s", step, exposure, len(errors), len(ccds), "; ".join(errors))
+        raise SystemExit(1)
+    log.info("%s %s: %d CCDs done in %.2f s", step, exposure, len(ccds), time.perf_counter() - t0)
+
+
 def rule_main(step: str, doc: str, snakemake=None, argv: list[str] | None = None) -> None:
     """Run rule ``step`` from Snakemake or from the command line."""
     module = image_rules if step in image_rules.STEPS else workflow
@@ -80,8 +120,12 @@ def rule_main(step: str, doc: str, snakemake=None, argv: list[str] | None = None
         wc.setdefault("exposure", wc.get("calname"))
         wc.setdefault("filt", wc.get("filter"))
         job = {n: wc.get(n) for n in names}
+        if step in image_rules.PER_CCD and "ccd" not in wc:  # images.jobs: exposure
+            return _run_exposure(step, cfg, job["exposure"], snakemake.threads)
         inputs = {k: v for k, v in snakemake.input.items()}
         outputs = {k: v for k, v in snakemake.output.items()}
+        if step in image_rules.STEPS and cfg["images"]["jobs"] == "exposure":
+            inputs = _standalone_io(step, cfg, job)[0]  # the files in the exposure jobs' folders
     else:
         ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         ap.add_argument("--configfile", default=None, help="config YAML (default: config/config.yaml)")
@@ -99,6 +143,13 @@ def rule_main(step: str, doc: str, snakemake=None, argv: list[str] | None = None
     kwargs = dict(job, inputs=inputs, outputs=outputs)
     if step in ("targets", "run_config"):
         kwargs.pop("inputs")
+    for out in (o for v in outputs.values() for o in ([v] if isinstance(v, str) else v)):
+        for tmp in remove_orphans(out):  # a killed earlier attempt's partial write
+            logging.getLogger("vo").info("removed %s, left by a killed job", tmp)
     t0 = time.perf_counter()
-    func(cfg, **kwargs)
+    try:
+        func(cfg, **kwargs)
+    except Exception as exc:  # the job's log file must say why it failed (once, with the traceback)
+        logging.getLogger("vo").error("%s failed: %s: %s", step, type(exc).__name__, exc, exc_info=True)
+        raise SystemExit(1) from None
     logging.getLogger("vo").info("%s done in %.2f s", step, time.perf_counter() - t0)

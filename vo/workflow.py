@@ -25,9 +25,10 @@ PER_BIN = ("download", "reduce", "analysis", "ingest")
 
 
 def rule_io(step: str, cfg: dict, obs: str | None = None, ra_bin=None,
-            ra_bins: list[int] | None = None) -> tuple[dict, dict]:
-    """(inputs, outputs) of one job of ``step`` as dicts of name -> path (str or list)."""
-    P = Paths(cfg)
+            ra_bins: list[int] | None = None, paths: Paths | None = None) -> tuple[dict, dict]:
+    """(inputs, outputs) of one job of ``step`` as dicts of name -> path (str or list);
+    ``paths``: the run's :class:`Paths` of ``cfg`` (reused, its hashes are computed once)."""
+    P = paths or Paths(cfg)
     b = ra_bin
     if step == "targets":
         return {}, {"targets": [str(P.product("targets", ra_bin=x)) for x in ra_bins]}

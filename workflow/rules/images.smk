@@ -14,6 +14,8 @@ if INST == "DemoCam":
             truth=str(P.raw_truth(IKEY, "{exposure}")),
         log:
             P.log("simulate_exposure", "{exposure}"),
+        benchmark:
+            P.benchmark("simulate_exposure", "{exposure}")
         resources:
             mem_mb=mem(2000),
             runtime=runtime(10),
@@ -29,6 +31,8 @@ if INST == "DemoCam":
             calname=_alt(CAL_NAMES),
         log:
             P.log("simulate_calibration", "{calname}"),
+        benchmark:
+            P.benchmark("simulate_calibration", "{calname}")
         resources:
             mem_mb=mem(2000),
             runtime=runtime(10),
@@ -78,16 +82,17 @@ rule preprocess:
     input:
         unpack(iio("preprocess", "in")),
     output:
-        image=ipattern("image"),
+        **iouts(image="image"),
     log:
         ilog("preprocess", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("preprocess", "exposure", "ccd", "vc")
     group:
         "ccd"
+    threads: ITHREADS
     resources:
-        mem_mb=mem(3000),
-        runtime=runtime(10),
+        mem_mb=imem(3000),
+        runtime=iruntime(10),
     conda:
         "../../environment.yml"
     script:
@@ -98,18 +103,17 @@ rule extract:
     input:
         image=iio("extract", "in", "image"),
     output:
-        sources=ipattern("sources"),
-        psf=ipattern("psf"),
-        background=ipattern("background"),
+        **iouts(sources="sources", psf="psf", background="background"),
     log:
         ilog("extract", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("extract", "exposure", "ccd", "vc")
     group:
         "ccd"
+    threads: ITHREADS
     resources:
-        mem_mb=mem(4000),
-        runtime=runtime(10),
+        mem_mb=imem(4000),
+        runtime=iruntime(10),
     conda:
         "../../environment.yml"
     script:
@@ -120,16 +124,17 @@ rule astrometry:
     input:
         unpack(iio("astrometry", "in")),
     output:
-        wcs=ipattern("wcs"),
+        **iouts(wcs="wcs"),
     log:
         ilog("astrometry", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("astrometry", "exposure", "ccd", "vc")
     group:
         "ccd"
+    threads: ITHREADS
     resources:
-        mem_mb=mem(3000),
-        runtime=runtime(10),
+        mem_mb=imem(3000),
+        runtime=iruntime(10),
     conda:
         "../../environment.yml"
     script:
@@ -140,16 +145,17 @@ rule zero_point:
     input:
         unpack(iio("zero_point", "in")),
     output:
-        zp=ipattern("zp"),
+        **iouts(zp="zp"),
     log:
         ilog("zero_point", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("zero_point", "exposure", "ccd", "vc")
     group:
         "ccd"
+    threads: ITHREADS
     resources:
-        mem_mb=mem(3000),
-        runtime=runtime(10),
+        mem_mb=imem(3000),
+        runtime=iruntime(10),
     conda:
         "../../environment.yml"
     script:
@@ -160,25 +166,24 @@ rule ingest_images:
     input:
         unpack(iio("ingest_images", "in")),
     output:
-        receipt=ipattern("ingest_images"),
+        **iouts(receipt="ingest_images"),
     log:
         ilog("ingest_images", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("ingest_images", "exposure", "ccd", "vc")
     group:
         "ccd"
+    threads: ITHREADS
     resources:
-        mem_mb=mem(1000),
-        runtime=runtime(10),
+        mem_mb=imem(1000),
+        runtime=iruntime(10),
     conda:
         "../../environment.yml"
     script:
         "../../scripts/ingest_images.py"
 
 
-IMAGE_TARGETS = [
-    image_rules.rule_io("ingest_images", CFG, e, c)[1]["receipt"] for e in EXPOSURES for c in CCDS
-]
+IMAGE_TARGETS = expand(iproduct("ingest_images"), exposure=EXPOSURES, ccd=CCDS)
 
 
 # -- image pipeline II: references, subtraction, detection, cutouts, measurements ------
@@ -209,17 +214,17 @@ rule subtraction:
     input:
         unpack(iio("subtraction", "in")),
     output:
-        difference=ipattern("difference"),
-        aligned_reference=temp(ipattern("aligned_reference")),
+        **iouts(difference="difference", aligned_reference="aligned_reference", temporary=("aligned_reference",)),
     log:
         ilog("subtraction", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("subtraction", "exposure", "ccd", "vc")
     group:
         "ccd"
+    threads: ITHREADS
     resources:
-        mem_mb=mem(6000),
-        runtime=runtime(20),
+        mem_mb=imem(6000),
+        runtime=iruntime(20),
     conda:
         "../../environment.yml"
     script:
@@ -230,16 +235,17 @@ rule detection:
     input:
         unpack(iio("detection", "in")),
     output:
-        candidates=ipattern("candidates"),
+        **iouts(candidates="candidates"),
     log:
         ilog("detection", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("detection", "exposure", "ccd", "vc")
     group:
         "ccd"
+    threads: ITHREADS
     resources:
-        mem_mb=mem(4000),
-        runtime=runtime(10),
+        mem_mb=imem(4000),
+        runtime=iruntime(10),
     conda:
         "../../environment.yml"
     script:
@@ -250,16 +256,17 @@ rule cutouts:
     input:
         unpack(iio("cutouts", "in")),
     output:
-        cutouts=ipattern("cutouts"),
+        **iouts(cutouts="cutouts"),
     log:
         ilog("cutouts", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("cutouts", "exposure", "ccd", "vc")
     group:
         "ccd"
+    threads: ITHREADS
     resources:
-        mem_mb=mem(4000),
-        runtime=runtime(10),
+        mem_mb=imem(4000),
+        runtime=iruntime(10),
     conda:
         "../../environment.yml"
     script:
@@ -270,16 +277,17 @@ rule measurements:
     input:
         unpack(iio("measurements", "in")),
     output:
-        measurements=ipattern("measurements"),
+        **iouts(measurements="measurements"),
     log:
         ilog("measurements", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("measurements", "exposure", "ccd", "vc")
     group:
         "ccd"
+    threads: ITHREADS
     resources:
-        mem_mb=mem(2000),
-        runtime=runtime(10),
+        mem_mb=imem(2000),
+        runtime=iruntime(10),
     conda:
         "../../environment.yml"
     script:
@@ -290,14 +298,15 @@ rule rb_training_set:
     input:
         unpack(iio("rb_training_set", "in")),
     output:
-        training_set=ipattern("training_set"),
+        **iouts(training_set="training_set"),
     log:
         ilog("rb_training_set", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("rb_training_set", "exposure", "ccd", "vc")
+    threads: ITHREADS
     resources:
-        mem_mb=mem(6000),
-        runtime=runtime(20),
+        mem_mb=imem(6000),
+        runtime=iruntime(20),
     conda:
         "../../environment.yml"
     script:
@@ -326,14 +335,15 @@ rule scoring:
     input:
         unpack(iio("scoring", "in")),
     output:
-        scores=ipattern("scores"),
+        **iouts(scores="scores"),
     log:
         ilog("scoring", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("scoring", "exposure", "ccd", "vc")
+    threads: ITHREADS
     resources:
-        mem_mb=mem(3000),
-        runtime=runtime(10),
+        mem_mb=imem(3000),
+        runtime=iruntime(10),
     conda:
         "../../environment.yml"
     script:
@@ -344,14 +354,15 @@ rule association:
     input:
         unpack(iio("association", "in")),
     output:
-        receipt=ipattern("association"),
+        **iouts(receipt="association"),
     log:
         ilog("association", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("association", "exposure", "ccd", "vc")
+    threads: ITHREADS
     resources:
-        mem_mb=mem(2000),
-        runtime=runtime(10),
+        mem_mb=imem(2000),
+        runtime=iruntime(10),
     conda:
         "../../environment.yml"
     script:
@@ -363,6 +374,7 @@ rule alerts:
         unpack(iio("alerts", "in")),
     output:
         alerts=ipattern("alerts"),
+        forced=ipattern("forced"),
     log:
         ilog("alerts", "exposure", "vc"),
     benchmark:
@@ -380,21 +392,40 @@ rule efficiency:
     input:
         unpack(iio("efficiency", "in")),
     output:
-        efficiency=ipattern("efficiency_fakes"),
+        **iouts(efficiency="efficiency_fakes"),
     log:
         ilog("efficiency", "exposure", "ccd", "vc"),
     benchmark:
         bench_path("efficiency", "exposure", "ccd", "vc")
+    threads: ITHREADS
     resources:
-        mem_mb=mem(6000),
-        runtime=runtime(20),
+        mem_mb=imem(6000),
+        runtime=iruntime(20),
     conda:
         "../../environment.yml"
     script:
         "../../scripts/efficiency.py"
 
 
-IMAGE_TARGETS += [image_rules.rule_io("alerts", CFG, e)[1]["alerts"] for e in NEW_EXPOSURES]
-IMAGE_TARGETS += [
-    image_rules.rule_io("efficiency", CFG, e, c)[1]["efficiency"] for e in NEW_EXPOSURES for c in CCDS
-]
+rule efficiency_summary:
+    input:
+        unpack(iio("efficiency_summary", "in")),
+    output:
+        summary=ipattern("efficiency_summary"),
+        plot=report(ipattern("efficiency_plot"), category="Transients", caption="../report/image_efficiency.rst"),
+    log:
+        ilog("efficiency_summary", "vc"),
+    benchmark:
+        bench_path("efficiency_summary", "vc")
+    resources:
+        mem_mb=mem(1000),
+        runtime=runtime(5),
+    conda:
+        "../../environment.yml"
+    script:
+        "../../scripts/efficiency_summary.py"
+
+
+IMAGE_TARGETS += expand(iproduct("alerts"), exposure=list(NEW_EXPOSURES))
+if NEW_EXPOSURES:
+    IMAGE_TARGETS.append(iproduct("efficiency_summary"))

@@ -2,6 +2,7 @@
 import re
 
 from vo.images import rules as image_rules
+from vo.paths import KIND_STEP
 
 INST = CFG["images"]["instrument"]
 IKEY = image_rules.instrument_key(CFG)
@@ -9,7 +10,13 @@ INSTRUMENT = image_rules.instrument(CFG)
 EXPOSURES = image_rules.exposures(CFG)
 CCDS = image_rules.ccds(CFG)
 CALIB = INSTRUMENT.calibration_names(CFG)
-FILTERS = sorted({INSTRUMENT.exposure_filter(P, e) for e in EXPOSURES})
+# The raw folder's headers are read here, once per parse: the input functions get the lists
+# (ICFG) and each exposure's filter, so no job reads a raw file while planning.
+ICFG = vconfig.deep_merge(CFG, {"images": {"exposures": EXPOSURES, "bias_exposures": CALIB["bias"],
+                                           "flat_exposures": CALIB["flat"]}})
+IP = Paths(ICFG)
+EXPOSURE_FILTER = {e: INSTRUMENT.exposure_filter(P, e) for e in EXPOSURES}
+FILTERS = sorted(set(EXPOSURE_FILTER.values()))
 CAL_NAMES = CALIB["bias"] + [n for f in FILTERS for n in CALIB["flat"][f]]
 
 
@@ -26,22 +33,85 @@ wildcard_constraints:
 def iio(step, part, key=None):
     """Input/output function of an image rule, with the provenance-hash check of ``io``."""
 
+    check = {"master_bias": "calibration", "master_flat": "calibration",
+             "preprocess": "preprocessing", "extract": "extraction",
+             "rb_training_set": "rb_training", "train_rb": "rb_training",
+             "efficiency": "injection", "efficiency_summary": "injection"}.get(step, step)
+    expected = step_suffix(check, IKEY)
+
     def f(wildcards):
-        check = {"master_bias": "calibration", "master_flat": "calibration",
-                 "preprocess": "preprocessing", "extract": "extraction",
-                 "rb_training_set": "rb_training", "train_rb": "rb_training",
-                 "efficiency": "injection"}.get(step, step)
-        if "vc" in wildcards.keys() and wildcards.vc != P.step_suffix(check, IKEY):
-            raise ValueError(f"{step}: path hash {wildcards.vc!r} does not match the config's")
-        files = image_rules.rule_io(step, CFG, wildcards.get("exposure"), wildcards.get("ccd"),
-                                    wildcards.get("filter"), wildcards.get("field"))[0 if part == "in" else 1]
+        if "vc" in wildcards.keys() and wildcards.vc != expected:
+            raise ValueError(f"{step}: path hash {wildcards.vc!r} does not match the config's {expected!r}")
+        exposure = wildcards.get("exposure")
+        ccds = CCDS if step in EXPOSURE_JOBS else [wildcards.get("ccd")]
+        files = _merge([image_rules.rule_io(step, ICFG, exposure, c,
+                                            wildcards.get("filter") or EXPOSURE_FILTER.get(exposure),
+                                            wildcards.get("field"), paths=IP)[0 if part == "in" else 1]
+                        for c in ccds])
+        if EXPOSURE_JOBS:
+            files = {k: ifolders(v) for k, v in files.items()}
         return files[key] if key else files
 
     return f
 
 
+def _listed(files):
+    return [files] if isinstance(files, str) else files
+
+
+def _merge(per_ccd):
+    """One job's files from each CCD's ``rule_io`` dict: the dict itself for a CCD job; for an
+    exposure job, every CCD's files under each name (a file shared by CCDs once)."""
+    if len(per_ccd) == 1:
+        return per_ccd[0]
+    names = dict.fromkeys(k for files in per_ccd for k in files)
+    return {k: list(dict.fromkeys(f for files in per_ccd if k in files for f in _listed(files[k])))
+            for k in names}
+
+
+#: step folders whose {exposure} subfolders are the outputs of exposure jobs (images.jobs: exposure)
+EXPOSURE_STEP_DIRS = set()
+
+
+def iouts(temporary=(), **kinds):
+    """Outputs of a per-CCD rule, ``name=kind``: its CCD's files, or for an exposure job the
+    exposure's folder in the step folder, which holds every CCD's files (``temporary``: names
+    of ``temp()`` outputs, kept in an exposure job's folder)."""
+    if not EXPOSURE_JOBS:
+        return {name: temp(ipattern(k)) if name in temporary else ipattern(k) for name, k in kinds.items()}
+    (step,) = {KIND_STEP.get(k, k) for k in kinds.values()}
+    EXPOSURE_STEP_DIRS.add(str(IP.step_dir(step, IKEY)))
+    return {"folder": directory(str(P.project_dir / f"{step}{{vc}}" / "{exposure}"))}
+
+
+def ifolders(files):
+    """Files with those in an exposure job's folder replaced by the folder (in order, once)."""
+    out = [os.path.dirname(f) if os.path.dirname(os.path.dirname(f)) in EXPOSURE_STEP_DIRS else f
+           for f in _listed(files)]
+    return list(dict.fromkeys(out)) if not isinstance(files, str) else out[0]
+
+
 def ipattern(kind):
     return P.pattern(kind).replace("{obs}", IKEY)
+
+
+#: per-CCD rules: an exposure job runs its CCDs in resources.threads processes
+ITHREADS = CFG["resources"]["threads"] if EXPOSURE_JOBS else 1
+
+
+def imem(base_mb):
+    """mem_mb of a per-CCD rule (per process; an exposure job runs ITHREADS at once)."""
+    return mem(base_mb * ITHREADS)
+
+
+def iruntime(base_min):
+    """runtime (minutes) of a per-CCD rule (an exposure job runs its CCDs ITHREADS at a time)."""
+    return runtime(base_min * (-(-len(CCDS) // ITHREADS) if EXPOSURE_JOBS else 1))
+
+
+def iproduct(kind):
+    """A product's path for this config with ``{exposure}``/``{ccd}`` left to fill (for expand)."""
+    return str(P.product(kind, IKEY, exposure="{exposure}", ccd="{ccd}"))
 
 
 def ilog(rule_name, *names):
@@ -50,3 +120,12 @@ def ilog(rule_name, *names):
 
 REFERENCE_SETS = image_rules.reference_sets(CFG)
 NEW_EXPOSURES = image_rules.new_exposures(CFG)
+
+
+onstart:
+    no_reference = image_rules.unreferenced_exposures(CFG)
+    if no_reference:
+        logger.warning(
+            f"{len(no_reference)} exposure(s) have no reference for their field and filter and are "
+            f"calibrated but not subtracted: {', '.join(no_reference)}"
+        )

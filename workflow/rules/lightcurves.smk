@@ -9,6 +9,8 @@ rule run_config:
         run_hash=vprov.run_hash(CFG),
     log:
         P.log("run_config"),
+    benchmark:
+        P.benchmark("run_config")
     localrule: True
     conda:
         "../../environment.yml"
@@ -125,6 +127,8 @@ rule plots:
         ),
     log:
         log_path("plots", "obs", "vc"),
+    benchmark:
+        bench_path("plots", "obs", "vc")
     resources:
         mem_mb=mem(2000),
         runtime=runtime(10),
