@@ -17,7 +17,9 @@ import math
 import random
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import sqlalchemy as sa
@@ -29,7 +31,7 @@ from vo import config as vconfig
 
 #: Seconds a SQLite writer waits for the lock before giving up.
 SQLITE_BUSY_TIMEOUT_S = 300
-#: PostgreSQL advisory lock key that serialises :func:`init_db` across processes.
+#: PostgreSQL advisory lock key that serialises schema changes (:func:`init_db`, migrations).
 _INIT_LOCK_KEY = 0x766F5F696E6974  # "vo_init"
 
 
@@ -166,29 +168,44 @@ def _q3c_available(conn: sa.Connection) -> bool:
         "SELECT 1 FROM pg_available_extensions WHERE name = 'q3c'")).first() is not None
 
 
-def init_db(engine: Engine) -> None:
-    """Create every table and index (idempotent, safe when several processes call it at once).
-
-    On PostgreSQL the q3c extension is created when the server has it (and the user may),
-    and every table with sky positions gets a q3c index on ``q3c_ang2ipix(ra, dec)``.
-    """
-    from vo.db.models import Base, spatial_tables
-
+@contextmanager
+def schema_transaction(engine: Engine) -> Iterator[sa.Connection]:
+    """A write transaction that holds the schema lock: a PostgreSQL advisory lock, SQLite's
+    write lock (``BEGIN IMMEDIATE``).  Concurrent callers queue; DDL is transactional in both."""
     with write_engine(engine).begin() as conn:
         if engine.dialect.name == "postgresql":
-            # DDL is transactional in PostgreSQL; the lock makes concurrent callers queue.
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_INIT_LOCK_KEY)))
-        Base.metadata.create_all(conn)
-        if engine.dialect.name != "postgresql":
-            return
-        if not has_q3c(conn) and _q3c_available(conn):
-            try:
-                with conn.begin_nested():
-                    conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS q3c"))
-            except sa.exc.DBAPIError:  # not allowed for this user: HEALPix is used instead
-                pass
-        if has_q3c(conn):
-            for table in spatial_tables():
-                conn.execute(sa.text(
-                    f"CREATE INDEX IF NOT EXISTS ix_{table.name}_q3c "
-                    f"ON {table.name} (q3c_ang2ipix(ra, dec))"))
+        yield conn
+
+
+def ensure_q3c(conn: sa.Connection) -> None:
+    """PostgreSQL: create the q3c extension when the server has it (and the user may), and a
+    q3c index on ``q3c_ang2ipix(ra, dec)`` of every table with sky positions."""
+    from vo.db.models import spatial_tables
+
+    if conn.dialect.name != "postgresql":
+        return
+    if not has_q3c(conn) and _q3c_available(conn):
+        try:
+            with conn.begin_nested():
+                conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS q3c"))
+        except sa.exc.DBAPIError:  # not allowed for this user: HEALPix is used instead
+            pass
+    if has_q3c(conn):
+        for table in spatial_tables():
+            conn.execute(sa.text(f"CREATE INDEX IF NOT EXISTS ix_{table.name}_q3c "
+                                 f"ON {table.name} (q3c_ang2ipix(ra, dec))"))
+
+
+def init_db(engine: Engine) -> None:
+    """Create every table and index, or upgrade an existing database to the newest schema
+    revision (:func:`vo.db.migrate.ensure_schema`); idempotent, and safe when several
+    processes call it at once (they queue on the schema lock).
+
+    On PostgreSQL the q3c extension and indexes are made too (:func:`ensure_q3c`).
+    """
+    from vo.db.migrate import ensure_schema
+
+    with schema_transaction(engine) as conn:
+        ensure_schema(conn)
+        ensure_q3c(conn)

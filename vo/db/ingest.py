@@ -9,8 +9,8 @@
   update); rows are sorted by natural key so that concurrent jobs lock them in the same
   order (no deadlocks on PostgreSQL).  SQLite writers take the lock at ``BEGIN IMMEDIATE``
   and queue behind the busy timeout.
-* Bulk: rows go to the database in executemany batches of ``batch_size``, never one ORM
-  object per row.
+* Bulk: rows go to the database with COPY (PostgreSQL) or in executemany batches of
+  ``batch_size`` (:func:`vo.db.bulk.upsert`), never one ORM object per row.
 """
 
 from __future__ import annotations
@@ -29,63 +29,16 @@ import yaml
 
 from vo import provenance as vprov
 from vo.db import models as m
+from vo.db.bulk import DEFAULT_BATCH, IngestError, upsert
 from vo.db.engine import Session, init_db, write_engine
 from vo.io.atomic import checksum
 
 #: Version of the ingest code (enters the ``ingest`` provenance hash).
 CODE_VERSION = "1"
-DEFAULT_BATCH = 5000
 #: Manifest statuses whose raw data is not in the store.
 _NOT_STORED = {"failed"}
 
 log = logging.getLogger("vo.db.ingest")
-
-
-class IngestError(ValueError):
-    """Products that cannot be ingested; the message names the file or the rows."""
-
-
-# -- generic upsert ---------------------------------------------------------------------
-def _insert(session, table: sa.Table):
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise NotImplementedError(f"ingest supports SQLite and PostgreSQL, not {dialect}")
-    return insert(table)
-
-
-def upsert(session, model, rows: list[dict], update: Iterable[str] = (),
-           batch_size: int = DEFAULT_BATCH) -> int:
-    """Insert ``rows`` into ``model``'s table; on a natural-key conflict update ``update``
-    columns (only where they differ) or, with no ``update`` columns, do nothing.
-
-    Returns the number of rows given.
-    """
-    if not rows:
-        return 0
-    table = model.__table__
-    key = m.NATURAL_KEYS[table.name]
-    seen = {}
-    for row in rows:
-        k = tuple(row[c] for c in key)
-        if k in seen:
-            raise IngestError(f"{table.name}: two rows with the same {key} = {k}")
-        seen[k] = row
-    rows = [seen[k] for k in sorted(seen)]  # one lock order for every concurrent job
-    stmt = _insert(session, table)
-    update = list(update)
-    if update:
-        changed = sa.or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in update))
-        stmt = stmt.on_conflict_do_update(index_elements=list(key),
-                                          set_={c: stmt.excluded[c] for c in update}, where=changed)
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
-    for i in range(0, len(rows), batch_size):
-        session.execute(stmt, rows[i:i + batch_size])
-    return len(rows)
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -208,6 +161,11 @@ def _number(value):
     return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
+def _numbers(values: list) -> list:
+    """Plain Python numbers, NaN/inf and missing as None (fast path for ints and finite floats)."""
+    return [v if (t := v.__class__) is int or (t is float and v - v == 0) else _number(v) for v in values]
+
+
 def ingest_lightcurves(session, lcs: list, file_path, data_root, provenance_hash: str, project: str,
                        batch_size: int = DEFAULT_BATCH) -> int:
     """Add or update the rows of the light curves stored in ``file_path`` (one reduced file).
@@ -220,23 +178,21 @@ def ingest_lightcurves(session, lcs: list, file_path, data_root, provenance_hash
         return 0
     filename = _relative(file_path, data_root)
     digest = checksum(file_path)
+    attrs = [lc.attrs for lc in lcs]
     try:
-        names = [str(lc.attrs["source_name"]) for lc in lcs]
-        obs_list = sorted({str(lc.attrs["obs"]) for lc in lcs})
+        names = [str(a["source_name"]) for a in attrs]
+        obs = [str(a["obs"]) for a in attrs]
     except KeyError as exc:
         raise IngestError(f"{file_path}: a light curve has no attribute {exc}") from None
     ids = source_ids(session, project, names, str(file_path))
-    prov = {o: provenance_id(session, "reduce", o, provenance_hash, str(file_path)) for o in obs_list}
-    rows = []
-    for lc, name in zip(lcs, names):
-        a = lc.attrs
-        row = {"source_id": ids[name], "provenance_id": prov[str(a["obs"])], "obs": str(a["obs"]),
-               "filename": filename, "filekey": lc.filekey, "checksum": digest}
-        row.update({k: _number(a.get(k)) for k in _LC_STATS})
-        row["filter"] = str(a.get("filter", ""))
-        rows.append(row)
+    prov = {o: provenance_id(session, "reduce", o, provenance_hash, str(file_path)) for o in sorted(set(obs))}
+    columns = {"source_id": [ids[n] for n in names], "provenance_id": [prov[o] for o in obs], "obs": obs,
+               "filekey": [lc.filekey for lc in lcs]}
+    columns.update({k: _numbers([a.get(k) for a in attrs]) for k in _LC_STATS if k != "filter"})
+    columns["filter"] = [str(a.get("filter", "")) for a in attrs]
+    columns.update(filename=[filename] * len(lcs), checksum=[digest] * len(lcs))
     update = ("source_id", "obs", "checksum") + _LC_STATS
-    return upsert(session, m.Lightcurve, rows, update=update, batch_size=batch_size)
+    return upsert(session, m.Lightcurve, columns, update=update, batch_size=batch_size)
 
 
 _DET_COLUMNS = ("time_start", "time_peak", "time_end", "peak_snr", "peak_mag", "dmag", "n_epochs",

@@ -364,30 +364,34 @@ def write_transient_products(session, prod: TransientProducts) -> dict:
                                                    "zero_point_id": zp["id"], "provenance_id": pid["difference"]})
     cut = propagate_badness({**prod.cutouts, "bad": False, "bad_reason": None}, sub, "subtractions")
     cut_id = _upsert_one(session, m.Cutouts, {**cut, "subtraction_id": sub_id, "provenance_id": pid["cutouts"]})
-    rows = [propagate_badness({**r, "cutouts_id": cut_id, "provenance_id": pid["measurements"],
-                               "mjd": image["mjd"], "filter": image["filter"]}, cut, "cutouts")
-            for r in prod.measurements]
+    # the rows as columns (the bulk upsert's cheap form), one per measurement
+    rows = [propagate_badness(dict(r), cut, "cutouts") for r in prod.measurements] if cut["bad"] \
+        else prod.measurements
+    n = len(rows)
+    cols = {c: [r[c] for r in rows] for c in (rows[0] if rows else ())}
+    cols.update(cutouts_id=[cut_id] * n, provenance_id=[pid["measurements"]] * n, mjd=[image["mjd"]] * n,
+                filter=[image["filter"]] * n)
     key = m.NATURAL_KEYS[m.Measurement.__tablename__]
-    upsert(session, m.Measurement, rows, update=[c for c in rows[0] if c not in key] if rows else ())
+    upsert(session, m.Measurement, cols, update=[c for c in cols if c not in key])
     t = m.Measurement.__table__
     stored = session.execute(sa.select(t.c.row_index, t.c.id, t.c.object_id, t.c.bad).where(
         t.c.cutouts_id == cut_id, t.c.provenance_id == pid["measurements"])).all()
     by_row = {r.row_index: r for r in stored}
-    ids = np.array([by_row[r["row_index"]].id for r in rows], np.int64)
-    counts = {"provenances": len(prod.provenances), "subtractions": 1, "cutouts": 1, "measurements": len(rows),
+    ids = np.array([by_row[i].id for i in cols["row_index"]], np.int64)
+    counts = {"provenances": len(prod.provenances), "subtractions": 1, "cutouts": 1, "measurements": n,
               "scores": 0, "associated": 0, "objects_created": 0}
-    real = np.array([not r["bad"] for r in rows], bool)
+    real = ~np.array(cols["bad"], bool)
     if prod.scores:
-        score_rows = [{**s, "measurement_id": int(i), "provenance_id": pid["scores"]}
-                      for s, i in zip(prod.scores, ids)]
-        counts["scores"] = upsert(session, m.Score, score_rows, update=("algorithm", "score", "filename",
+        score_cols = {c: [r[c] for r in prod.scores] for c in prod.scores[0]}
+        score_cols.update(measurement_id=ids.tolist(), provenance_id=[pid["scores"]] * n)
+        counts["scores"] = upsert(session, m.Score, score_cols, update=("algorithm", "score", "filename",
                                                                         "filekey", "checksum"))
-        real &= np.array([s["score"] for s in prod.scores]) >= prod.threshold
+        real &= np.array(score_cols["score"]) >= prod.threshold
     # measurements that already have an object keep it: ingesting again changes nothing
-    todo = real & np.array([by_row[r["row_index"]].object_id is None for r in rows], bool)
+    todo = real & np.array([by_row[i].object_id is None for i in cols["row_index"]], bool)
     if todo.any():
         sel = np.flatnonzero(todo)
-        res = vobjects.associate_in_session(session, [rows[i]["ra"] for i in sel], [rows[i]["dec"] for i in sel],
+        res = vobjects.associate_in_session(session, np.array(cols["ra"])[sel], np.array(cols["dec"])[sel],
                                             image["mjd"], pid["association"], prod.radius,
                                             measurement_ids=ids[sel])
         counts["associated"], counts["objects_created"] = int(sel.size), len(res.created)

@@ -4,7 +4,8 @@ Tables are keyed by natural keys (unique constraints) so that ingest can upsert 
 ``INSERT ... ON CONFLICT`` and several ingest jobs can run at once.  To add a table: subclass
 :class:`Base` (plus :class:`SkyPositionMixin` for RA/Dec with cone search, :class:`FileMixin`
 for file-backed rows), declare its natural key as a ``UniqueConstraint`` and list it in
-:data:`NATURAL_KEYS`; :func:`vo.db.engine.init_db` creates it (and its q3c index).
+:data:`NATURAL_KEYS`; :func:`vo.db.engine.init_db` creates it (and its q3c index) in a
+new database, and a migration (``vo db revision``) adds it to existing ones.
 
 Design choices
 --------------
@@ -28,6 +29,11 @@ Design choices
   products are whole files: their ``filekey`` is ``""``.  ``catalog_excerpts`` index the
   cached reference-catalog tiles (HEALPix pixel ``tile`` at ``nside``, no provenance).
 * Measures that cannot be negative (counts, rms, exposure time) have CHECK constraints.
+* Indexes: a column that leads a unique constraint has no index of its own (the unique
+  index serves its lookups and foreign-key checks; every extra index slows bulk ingest);
+  tables whose rows ingest finds by file (images, zero points, references, subtractions,
+  cutouts) have an index on ``filename``.
+* Every change to the models needs a migration (:mod:`vo.db.migrate`: ``vo db revision``).
 """
 
 from __future__ import annotations
@@ -114,7 +120,7 @@ class Provenance(TimestampMixin, Base):
     __table_args__ = (sa.UniqueConstraint("step", "obs", "hash", name="uq_provenances_step_obs_hash"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    step: Mapped[str] = mapped_column(sa.String(64), index=True)
+    step: Mapped[str] = mapped_column(sa.String(64))
     obs: Mapped[str] = mapped_column(sa.String(32), default="", doc='Observatory; "" if none')
     hash: Mapped[str] = mapped_column(sa.String(64), index=True)
     code_version: Mapped[str] = mapped_column(sa.String(32))
@@ -133,7 +139,7 @@ class Source(SkyPositionMixin, TimestampMixin, Base):
     __table_args__ = (sa.UniqueConstraint("name", "project", name="uq_sources_name_project"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String, index=True)
+    name: Mapped[str] = mapped_column(sa.String)
     project: Mapped[str] = mapped_column(sa.String(64), index=True)
     mag: Mapped[float | None] = mapped_column(sa.Float(53), doc="Catalog magnitude")
     cat_row: Mapped[dict[str, Any]] = mapped_column(default=dict, doc="The full catalog row")
@@ -153,7 +159,7 @@ class RawPhotometry(FileMixin, TimestampMixin, Base):
     __table_args__ = (sa.UniqueConstraint("source_id", "obs", name="uq_raw_photometry_source_obs"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    source_id: Mapped[int] = mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"), index=True)
+    source_id: Mapped[int] = mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"))
     obs: Mapped[str] = mapped_column(sa.String(32))
     n_rows: Mapped[int] = mapped_column(sa.Integer, doc="Rows (epochs) in the raw table")
     download_params_hash: Mapped[str | None] = mapped_column(sa.String(64))
@@ -171,7 +177,7 @@ class Lightcurve(FileMixin, TimestampMixin, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     source_id: Mapped[int] = mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"), index=True)
-    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"))
     obs: Mapped[str] = mapped_column(sa.String(32))
     filter: Mapped[str] = mapped_column(sa.String(32))
     season: Mapped[int | None]
@@ -200,7 +206,7 @@ class Detection(TimestampMixin, Base):
     source_id: Mapped[int] = mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"), index=True)
     lightcurve_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("lightcurves.id", ondelete="SET NULL"), index=True)
-    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"))
     obs: Mapped[str] = mapped_column(sa.String(32))
     filter: Mapped[str] = mapped_column(sa.String(32), default="", doc='"" when all filters')
     time_start: Mapped[float | None] = mapped_column(sa.Float(53), doc="MJD")
@@ -247,7 +253,7 @@ class Exposure(TimestampMixin, Base):
                       *_nonneg("exposures", "exptime", "airmass"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    instrument: Mapped[str] = mapped_column(sa.String(32), index=True)
+    instrument: Mapped[str] = mapped_column(sa.String(32))
     name: Mapped[str] = mapped_column(sa.String(128), index=True, doc="Exposure name")
     filter: Mapped[str] = mapped_column(sa.String(32), index=True)
     mjd: Mapped[float] = mapped_column(sa.Float(53), index=True, doc="Start of the exposure (MJD)")
@@ -275,10 +281,11 @@ class Image(FileMixin, SkyPositionMixin, BadnessMixin, TimestampMixin, Base):
     __tablename__ = "images"
     __table_args__ = (sa.UniqueConstraint("exposure_id", "ccd", "provenance_id",
                                           name="uq_images_exposure_ccd_prov"),
+                      sa.Index("ix_images_filename", "filename"),
                       *_nonneg("images", "fwhm_arcsec", "sky_rms", "nx", "ny"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    exposure_id: Mapped[int] = mapped_column(sa.ForeignKey("exposures.id", ondelete="CASCADE"), index=True)
+    exposure_id: Mapped[int] = mapped_column(sa.ForeignKey("exposures.id", ondelete="CASCADE"))
     ccd: Mapped[str] = mapped_column(sa.String(32))
     provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
     nx: Mapped[int] = mapped_column(sa.Integer, doc="Width (pixels)")
@@ -322,7 +329,7 @@ class SourceList(FileMixin, BadnessMixin, TimestampMixin, Base):
                       *_nonneg("source_lists", "n_sources", "fwhm"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"))
     provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
     n_sources: Mapped[int] = mapped_column(sa.Integer)
     fwhm: Mapped[float | None] = mapped_column(sa.Float(53), doc="Median FWHM (pixels)")
@@ -346,8 +353,7 @@ class PSF(FileMixin, BadnessMixin, TimestampMixin, Base):
                       *_nonneg("psfs", "fwhm", "n_stars"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    source_list_id: Mapped[int] = mapped_column(sa.ForeignKey("source_lists.id", ondelete="CASCADE"),
-                                                index=True)
+    source_list_id: Mapped[int] = mapped_column(sa.ForeignKey("source_lists.id", ondelete="CASCADE"))
     provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
     fwhm: Mapped[float | None] = mapped_column(sa.Float(53), doc="FWHM of the model (pixels)")
     n_stars: Mapped[int | None] = mapped_column(sa.Integer, doc="Stars used to build the model")
@@ -364,8 +370,7 @@ class WorldCoordinates(FileMixin, BadnessMixin, TimestampMixin, Base):
                       *_nonneg("world_coordinates", "rms_arcsec", "n_stars"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    source_list_id: Mapped[int] = mapped_column(sa.ForeignKey("source_lists.id", ondelete="CASCADE"),
-                                                index=True)
+    source_list_id: Mapped[int] = mapped_column(sa.ForeignKey("source_lists.id", ondelete="CASCADE"))
     provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
     rms_arcsec: Mapped[float | None] = mapped_column(sa.Float(53), doc="RMS of matched stars (arcsec)")
     n_stars: Mapped[int | None] = mapped_column(sa.Integer, doc="Matched reference stars")
@@ -379,11 +384,11 @@ class ZeroPoint(FileMixin, BadnessMixin, TimestampMixin, Base):
 
     __tablename__ = "zero_points"
     __table_args__ = (sa.UniqueConstraint("source_list_id", "provenance_id", name="uq_zero_points_sl_prov"),
+                      sa.Index("ix_zero_points_filename", "filename"),
                       *_nonneg("zero_points", "zp_err", "n_stars"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    source_list_id: Mapped[int] = mapped_column(sa.ForeignKey("source_lists.id", ondelete="CASCADE"),
-                                                index=True)
+    source_list_id: Mapped[int] = mapped_column(sa.ForeignKey("source_lists.id", ondelete="CASCADE"))
     world_coordinates_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("world_coordinates.id", ondelete="SET NULL"), index=True)
     provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
@@ -427,10 +432,11 @@ class Reference(FileMixin, BadnessMixin, TimestampMixin, Base):
     __tablename__ = "references"
     __table_args__ = (sa.UniqueConstraint("provenance_id", "instrument", "field", "filter", "ccd",
                                           name="uq_references_natural"),
+                      sa.Index("ix_references_filename", "filename"),
                       *_nonneg("references", "n_images", "fwhm", "nx", "ny"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"))
     instrument: Mapped[str] = mapped_column(sa.String(32), index=True)
     field: Mapped[str] = mapped_column(sa.String(64), index=True, doc="Survey field name")
     filter: Mapped[str] = mapped_column(sa.String(32), index=True)
@@ -455,10 +461,11 @@ class Subtraction(FileMixin, BadnessMixin, TimestampMixin, Base):
     __tablename__ = "subtractions"
     __table_args__ = (sa.UniqueConstraint("image_id", "reference_id", "provenance_id",
                                           name="uq_subtractions_natural"),
+                      sa.Index("ix_subtractions_filename", "filename"),
                       *_nonneg("subtractions", "fwhm", "noise_rms", "n_candidates"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"))
     reference_id: Mapped[int] = mapped_column(sa.ForeignKey("references.id", ondelete="CASCADE"),
                                               index=True)
     zero_point_id: Mapped[int | None] = mapped_column(
@@ -481,11 +488,11 @@ class Cutouts(FileMixin, BadnessMixin, TimestampMixin, Base):
 
     __tablename__ = "cutouts"
     __table_args__ = (sa.UniqueConstraint("subtraction_id", "provenance_id", name="uq_cutouts_sub_prov"),
+                      sa.Index("ix_cutouts_filename", "filename"),
                       *_nonneg("cutouts", "n_cutouts", "size"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    subtraction_id: Mapped[int] = mapped_column(sa.ForeignKey("subtractions.id", ondelete="CASCADE"),
-                                                index=True)
+    subtraction_id: Mapped[int] = mapped_column(sa.ForeignKey("subtractions.id", ondelete="CASCADE"))
     provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
     n_cutouts: Mapped[int] = mapped_column(sa.Integer)
     size: Mapped[int] = mapped_column(sa.Integer, doc="Stamp side (pixels)")
@@ -539,7 +546,7 @@ class Measurement(FileMixin, SkyPositionMixin, BadnessMixin, TimestampMixin, Bas
                       *_nonneg("measurements", "flux_err", "mag_err"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    cutouts_id: Mapped[int] = mapped_column(sa.ForeignKey("cutouts.id", ondelete="CASCADE"), index=True)
+    cutouts_id: Mapped[int] = mapped_column(sa.ForeignKey("cutouts.id", ondelete="CASCADE"))
     provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
     row_index: Mapped[int] = mapped_column(sa.Integer, doc="Row of the measurement in its file")
     object_id: Mapped[int | None] = mapped_column(sa.ForeignKey("objects.id", ondelete="SET NULL"),
@@ -570,8 +577,7 @@ class Score(FileMixin, TimestampMixin, Base):
                       sa.CheckConstraint("score >= 0 AND score <= 1", name="ck_scores_score_range"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    measurement_id: Mapped[int] = mapped_column(sa.ForeignKey("measurements.id", ondelete="CASCADE"),
-                                                index=True)
+    measurement_id: Mapped[int] = mapped_column(sa.ForeignKey("measurements.id", ondelete="CASCADE"))
     provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
     algorithm: Mapped[str] = mapped_column(sa.String(64), doc='e.g. "democam_rb", "braai_d6_m7"')
     score: Mapped[float] = mapped_column(sa.Float(53), doc="Probability of a real source, in [0, 1]")

@@ -9,7 +9,11 @@ backends serialise the "look for objects near here, else create one" transaction
   so two positions within one radius of each other always share a locked cell (the cell of
   either one).  A job that waited for the lock then reads the objects committed by the
   other (READ COMMITTED: every statement sees the latest commits) and joins them.
-  Jobs in other parts of the sky do not wait for each other.
+  Jobs in other parts of the sky do not wait for each other.  Cells are at most
+  :data:`LOCK_LEVEL_MAX` fine (about 7 arcmin): a CCD takes tens of locks, not thousands
+  (the server's lock table is shared by all jobs).  Every batch first takes a sky-wide lock
+  in shared mode; a batch that would need more than :data:`MAX_CELL_LOCKS` cell locks takes
+  it in exclusive mode instead (and no cell locks).
 * SQLite: the transaction opens with ``BEGIN IMMEDIATE`` (:func:`vo.db.engine.write_engine`),
   which takes the database's single write lock before the first read.
 
@@ -29,13 +33,22 @@ from astropy.table import Table
 from astropy_healpix import HEALPix, nside_to_pixel_resolution
 
 from vo.db import models as m
-from vo.db.ingest import _insert, in_transaction
+from vo.db.bulk import insert_for
+from vo.db.ingest import in_transaction
 from vo.images import associate as assoc
 
 #: First key (int4) of the advisory locks of object association ("vo" + 1).
 LOCK_CLASS = 0x766F01
 #: Lock cells are at least this many association radii wide.
 _CELL_RADII = 4.0
+#: Finest HEALPix level of the lock cells (level 9: pixels of 6.9 arcmin).
+LOCK_LEVEL_MAX = 9
+#: A batch with more lock cells than this locks the whole sky instead.
+MAX_CELL_LOCKS = 1000
+#: Second key of the sky-wide lock (cell keys are >= 0).
+_SKY_KEY = -1
+#: HEALPix ranges per SELECT where they are ORed (SQLite: at most 1000 levels of expression).
+_OR_BATCH = 400
 
 
 @dataclass
@@ -48,10 +61,11 @@ class ObjectAssociation:
     created: list[str]
 
 
-def lock_level(radius_arcsec: float) -> int:
-    """Nested HEALPix level of the lock cells: the finest (at most the column's level) whose
-    pixels are >= ``_CELL_RADII`` radii wide."""
-    for level in range(min(m.HEALPIX_LEVEL, 13), -1, -1):
+def lock_level(radius_arcsec: float, finest: int = LOCK_LEVEL_MAX) -> int:
+    """Nested HEALPix level of the lock cells: the finest (at most ``finest``) whose pixels
+    are >= ``_CELL_RADII`` radii wide.  The objects near a batch are read from the cells of
+    ``lock_level(radius, HEALPIX_LEVEL)`` (smaller: fewer objects read)."""
+    for level in range(min(m.HEALPIX_LEVEL, finest), -1, -1):
         if nside_to_pixel_resolution(2 ** level).to_value(u.arcsec) >= _CELL_RADII * radius_arcsec:
             return level
     raise ValueError(f"association radius {radius_arcsec} arcsec is too large")
@@ -65,22 +79,59 @@ def lock_cells(ra, dec, level: int) -> np.ndarray:
     return np.unique(cells[cells >= 0]).astype(np.int64)
 
 
-def _cell_condition(cells: np.ndarray, level: int):
-    """SQL condition: ``healpix`` (column level) inside one of the coarse ``cells``."""
+def _objects_in_cells(session, provenance_id: int, cells: np.ndarray, level: int) -> list:
+    """Rows (id, name, ra, dec), by id, of the objects of ``provenance_id`` whose
+    ``healpix`` (column level) lies in one of the coarse ``cells``: ``healpix`` ranges given
+    as arrays joined with ``unnest`` on PostgreSQL (one short statement however many ranges),
+    ORed BETWEENs in batches of :data:`_OR_BATCH` elsewhere (SQLite limits expression depth)."""
     shift = 2 * (m.HEALPIX_LEVEL - level)
     breaks = np.flatnonzero(np.diff(cells) != 1) + 1
-    starts, ends = cells[np.r_[0, breaks]], cells[np.r_[breaks - 1, cells.size - 1]]
-    return sa.or_(*(m.SkyObject.healpix.between(int(a << shift), int(((b + 1) << shift) - 1))
-                    for a, b in zip(starts, ends)))
+    lo = (cells[np.r_[0, breaks]] << shift).tolist()
+    hi = (((cells[np.r_[breaks - 1, cells.size - 1]] + 1) << shift) - 1).tolist()
+    obj = m.SkyObject
+    stmt = sa.select(obj.id, obj.name, obj.ra, obj.dec).where(obj.provenance_id == provenance_id)
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+        ranges = sa.func.unnest(sa.bindparam("lo", lo, type_=ARRAY(sa.BigInteger)),
+                                sa.bindparam("hi", hi, type_=ARRAY(sa.BigInteger))
+                                ).table_valued("lo", "hi").render_derived()
+        stmt = stmt.join(ranges, obj.healpix.between(ranges.c.lo, ranges.c.hi))
+        return session.execute(stmt.order_by(obj.id)).all()
+    rows = []
+    for i in range(0, len(lo), _OR_BATCH):
+        rows += session.execute(stmt.where(sa.or_(*(obj.healpix.between(a, b) for a, b in
+                                                   zip(lo[i:i + _OR_BATCH], hi[i:i + _OR_BATCH]))))).all()
+    return sorted(rows, key=lambda r: r.id)
+
+
+def _set_object_ids(session, mids: np.ndarray, object_ids: np.ndarray) -> None:
+    """``measurements.object_id`` of the rows ``mids``: one UPDATE ... FROM unnest on
+    PostgreSQL, executemany elsewhere."""
+    t = m.Measurement.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("UPDATE measurements SET object_id = v.oid FROM unnest(CAST(:mids AS bigint[]), "
+                                "CAST(:oids AS bigint[])) AS v(mid, oid) WHERE measurements.id = v.mid"),
+                        {"mids": mids.tolist(), "oids": object_ids.tolist()})
+        return
+    session.execute(sa.update(t).where(t.c.id == sa.bindparam("mid"))
+                    .values(object_id=sa.bindparam("oid")).execution_options(synchronize_session=False),
+                    [{"mid": a, "oid": b} for a, b in zip(mids.tolist(), object_ids.tolist())])
 
 
 def _lock(session, cells: np.ndarray) -> None:
+    """Take the sky-wide lock (shared), then the advisory locks of ``cells`` in ascending
+    order in one statement (``unnest`` of a sorted array yields its elements in order and the
+    scan locks them one row at a time); or, past :data:`MAX_CELL_LOCKS` cells, the sky-wide
+    lock alone, exclusive."""
     if session.get_bind().dialect.name != "postgresql":
         return  # SQLite: the BEGIN IMMEDIATE write lock is already held
-    stmt = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("cls", type_=sa.Integer),
-                                                    sa.bindparam("key", type_=sa.Integer)))
-    for cell in cells:  # ascending: concurrent jobs queue instead of deadlocking
-        session.execute(stmt, {"cls": LOCK_CLASS, "key": int(cell)})
+    if cells.size > MAX_CELL_LOCKS:
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(:cls, :sky)"), {"cls": LOCK_CLASS, "sky": _SKY_KEY})
+        return
+    session.execute(sa.text("SELECT pg_advisory_xact_lock_shared(:cls, :sky)"), {"cls": LOCK_CLASS, "sky": _SKY_KEY})
+    session.execute(sa.text("SELECT count(pg_advisory_xact_lock(:cls, k)) "
+                            "FROM unnest(CAST(:keys AS integer[])) AS k"),
+                    {"cls": LOCK_CLASS, "keys": np.sort(cells).astype(int).tolist()})
 
 
 def reserve_counters(session, year_counts: dict[int, int]) -> dict[int, int]:
@@ -89,7 +140,7 @@ def reserve_counters(session, year_counts: dict[int, int]) -> dict[int, int]:
     start = {}
     for year in sorted(year_counts):
         n = int(year_counts[year])
-        session.execute(_insert(session, table).values(year=int(year), next_counter=0)
+        session.execute(insert_for(session, table).values(year=int(year), next_counter=0)
                         .on_conflict_do_nothing(index_elements=["year"]))
         end = session.execute(sa.update(table).where(table.c.year == int(year))
                               .values(next_counter=table.c.next_counter + n)
@@ -115,13 +166,10 @@ def associate_in_session(session, ra, dec, mjd, provenance_id: int, radius_arcse
     mjd = np.broadcast_to(np.asarray(mjd, float), ra.shape)
     if ra.size == 0:
         return ObjectAssociation(np.zeros(0, np.int64), np.zeros(0, str), [])
-    level = lock_level(radius_arcsec)
-    cells = lock_cells(ra, dec, level)
-    _lock(session, cells)
+    _lock(session, lock_cells(ra, dec, lock_level(radius_arcsec)))
+    level = lock_level(radius_arcsec, m.HEALPIX_LEVEL)
     obj = m.SkyObject
-    rows = session.execute(sa.select(obj.id, obj.name, obj.ra, obj.dec)
-                           .where(obj.provenance_id == provenance_id, _cell_condition(cells, level))
-                           .order_by(obj.id)).all()
+    rows = _objects_in_cells(session, provenance_id, lock_cells(ra, dec, level), level)
     existing = Table(rows=[tuple(r) for r in rows], names=("id", "name", "ra", "dec"),
                      dtype=(np.int64, "U32", float, float)) if rows else None
     # names of new objects: first find how many per year, then reserve that many counters
@@ -145,10 +193,7 @@ def associate_in_session(session, ra, dec, mjd, provenance_id: int, radius_arcse
         mids = np.asarray(measurement_ids, np.int64)
         if mids.shape != ra.shape:
             raise ValueError(f"{mids.size} measurement ids for {ra.size} positions")
-        t = m.Measurement.__table__
-        session.execute(sa.update(t).where(t.c.id == sa.bindparam("mid"))
-                        .values(object_id=sa.bindparam("oid")).execution_options(synchronize_session=False),
-                        [{"mid": int(a), "oid": int(b)} for a, b in zip(mids, object_ids)])
+        _set_object_ids(session, mids, object_ids)
     return ObjectAssociation(object_ids, names, [str(n) for n in created["name"]])
 
 
