@@ -76,14 +76,18 @@ def test_upgrade_keeps_the_rows(old_db):
     assert _diffs(engine) == [] and snapshot(engine) == rows
 
 
-def test_database_from_before_migrations_is_upgraded(old_db):
+@pytest.mark.parametrize("how", ["init_db", "upgrade_to_revision"])
+def test_database_from_before_migrations_is_upgraded(old_db, how):
     """Tables but no alembic_version table (made by create_all before migrations existed):
     taken to be at the baseline and upgraded."""
     engine, _, rows = old_db
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE alembic_version"))
     assert _revision(engine) is None
-    init_db(engine)
+    if how == "init_db":
+        init_db(engine)
+    else:
+        assert migrate.upgrade(engine, migrate.head()) == (None, migrate.head())
     assert _revision(engine) == migrate.head() and _diffs(engine) == []
     assert snapshot(engine) == rows
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
+import astropy.units as u
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from astropy_healpix import HEALPix
 
 from vo.db import Session, get_engine, init_db
 from vo.db import models as m
@@ -162,10 +164,10 @@ def test_transient_tables_and_measurement_association(engine):
 
 def test_lock_cells_cover_every_pair_within_radius():
     """Two positions within the radius always share a locked cell (the lock is what makes
-    the association race-free on PostgreSQL)."""
+    the association race-free on PostgreSQL), and the cells objects are read from around a
+    position hold every object within the radius of it."""
     rng = np.random.default_rng(7)
     radius = 1.0
-    level = lock_level(radius)
     n = 3000
     ra = rng.uniform(0, 360, n)
     dec = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
@@ -173,10 +175,13 @@ def test_lock_cells_cover_every_pair_within_radius():
     sep = rng.uniform(0, radius, n) / 3600
     ra2 = ra + sep * np.sin(ang) / np.cos(np.radians(dec))
     dec2 = np.clip(dec + sep * np.cos(ang), -90, 90)
-    for i in range(n):
-        a = lock_cells(ra[i:i + 1], dec[i:i + 1], level)
-        b = lock_cells(ra2[i:i + 1] % 360, dec2[i:i + 1], level)
-        assert np.intersect1d(a, b).size > 0
+    for level in (lock_level(radius), lock_level(radius, m.HEALPIX_LEVEL)):
+        for i in range(n):
+            a = lock_cells(ra[i:i + 1], dec[i:i + 1], level)
+            b = lock_cells(ra2[i:i + 1] % 360, dec2[i:i + 1], level)
+            assert np.intersect1d(a, b).size > 0
+            hp = HEALPix(nside=2 ** level, order="nested")
+            assert hp.lonlat_to_healpix(ra2[i] % 360 * u.deg, dec2[i] * u.deg) in a
 
 
 def test_init_db_creates_transient_tables(engine):

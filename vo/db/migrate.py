@@ -95,7 +95,7 @@ def ensure_schema(conn: sa.Connection) -> str:
         raise RuntimeError(f"the database is at schema revision {current}, which this version of vo does "
                            f"not know (its newest is {head()}): use the vo that upgraded it")
     if current is None:
-        if not set(sa.inspect(conn).get_table_names()) & set(Base.metadata.tables):
+        if not _has_tables(conn):
             Base.metadata.create_all(conn)
             ctx.stamp(scripts(), "head")
             return "created"
@@ -103,6 +103,10 @@ def ensure_schema(conn: sa.Connection) -> str:
         current = BASELINE
     command.upgrade(alembic_config(conn), "head")
     return f"upgraded from {current}"
+
+
+def _has_tables(conn: sa.Connection) -> bool:
+    return bool(set(sa.inspect(conn).get_table_names()) & set(Base.metadata.tables))
 
 
 def upgrade(engine, revision: str = "head") -> tuple[str | None, str | None]:
@@ -113,6 +117,8 @@ def upgrade(engine, revision: str = "head") -> tuple[str | None, str | None]:
         if revision == "head":
             ensure_schema(conn)
         else:
+            if before is None and _has_tables(conn):  # made before migrations existed
+                MigrationContext.configure(conn).stamp(scripts(), BASELINE)
             command.upgrade(alembic_config(conn), revision)
         ensure_q3c(conn)
         return before, current_revision(conn)

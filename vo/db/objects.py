@@ -170,8 +170,11 @@ def associate_in_session(session, ra, dec, mjd, provenance_id: int, radius_arcse
     level = lock_level(radius_arcsec, m.HEALPIX_LEVEL)
     obj = m.SkyObject
     rows = _objects_in_cells(session, provenance_id, lock_cells(ra, dec, level), level)
-    existing = Table(rows=[tuple(r) for r in rows], names=("id", "name", "ra", "dec"),
-                     dtype=(np.int64, "U32", float, float)) if rows else None
+    existing = None
+    if rows:
+        oid, name, ora, odec = zip(*rows)
+        existing = Table({"id": np.array(oid, np.int64), "name": np.array(name, "U32"),
+                          "ra": np.array(ora, float), "dec": np.array(odec, float)})
     # names of new objects: first find how many per year, then reserve that many counters
     _, created, _ = assoc.associate(ra, dec, mjd, existing, radius_arcsec)
     years, n_per_year = np.unique(np.asarray(created["year"], int), return_counts=True)
