@@ -5,15 +5,17 @@
 socket, then (with accounting) a MariaDB server with its own data folder, socket and port and
 ``slurmdbd`` on it, then ``slurmctld`` and ``slurmd`` for one node on 127.0.0.1, and waits
 until ``sinfo`` reports the node idle.  It yields a :class:`SlurmCluster` whose ``env`` holds
-``SLURM_CONF``: pass it to ``sbatch``/``squeue``/``sacct`` and to Snakemake (jobs inherit it,
-since ``sbatch`` exports the environment).  On exit, however the body ended, the jobs are
-cancelled and every daemon is stopped by its PID (SIGTERM, then SIGKILL), in reverse order.
-Nothing is written under ``/etc``.
+``SLURM_CONF`` and a ``PATH`` that starts with wrappers of the client commands pinned to that
+file: pass it to Snakemake (jobs inherit it, since ``sbatch`` exports the environment).  On
+exit, however the body ended, the jobs are cancelled and every daemon is stopped by its PID
+(SIGTERM, then SIGKILL), in reverse order.  Nothing is written under ``/etc``.
 
 Every daemon runs in the foreground as a child of the test process (``-D``/``-F``), as root
 (``SlurmUser=root``), with ``ProctrackType=proctrack/linuxproc`` and ``TaskPlugin=task/none``
-so that no cgroup set-up is needed.  Without accounting the controller keeps finished jobs
-for ``MinJobAge`` seconds, which is what ``squeue``-based status checks need.
+so that no cgroup set-up is needed.  The node offers at least ``MIN_CPUS`` CPUs and
+``MIN_MEMORY_MB`` of memory whatever the machine has (memory is neither scheduled nor enforced).
+Without accounting the controller keeps finished jobs for ``MinJobAge`` seconds, which is what
+``squeue``-based status checks need.
 
 ``.ci/install-slurm.sh`` installs the packages (``slurmctld slurmd slurm-client munge
 slurmdbd mariadb-server``).
