@@ -68,11 +68,7 @@ def _lightcurve_job(url, products, lo, hi, barrier, queue):
         engine = get_engine(url)
         barrier.wait(timeout=60)
         init_db(engine)
-        names = set(products.targets.name[lo:hi])
-        targets = products.targets[products.targets.name.isin(names)]
-        manifest = {**products.manifest, "sources": [e for e in products.manifest["sources"] if e["name"] in names]}
-        lcs = [lc for lc in products.lcs if lc.attrs["source_name"] in names]
-        dets = products.detections[products.detections.source_name.isin(names)]
+        targets, manifest, lcs, dets = products.share(lo, hi)
         for _ in range(2):  # a restarted job ingests everything again
             ing.in_transaction(engine, ing.ingest_provenances, products.provs)
             ing.in_transaction(engine, ing.ingest_sources, targets, PROJECT)

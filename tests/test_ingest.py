@@ -83,6 +83,14 @@ class Products:
                         "filekey": lc.filekey})
         self.detections = pd.DataFrame(det)
 
+    def share(self, lo: int, hi: int):
+        """(targets, manifest, light curves, detections) of the sources ``lo:hi``: one job's share."""
+        names = set(self.targets.name[lo:hi])
+        manifest = {**self.manifest, "sources": [e for e in self.manifest["sources"] if e["name"] in names]}
+        return (self.targets[self.targets.name.isin(names)], manifest,
+                [lc for lc in self.lcs if lc.attrs["source_name"] in names],
+                self.detections[self.detections.source_name.isin(names)])
+
     def ingest_all(self, engine, batch_size=ing.DEFAULT_BATCH, lcs=None, targets=None, detections=None):
         ing.in_transaction(engine, ing.ingest_provenances, self.provs)
         ing.in_transaction(engine, ing.ingest_sources, self.targets if targets is None else targets, PROJECT,
@@ -220,11 +228,7 @@ def _worker(url, products, lo, hi, barrier, errors):
         engine = get_engine(url)
         barrier.wait(timeout=60)
         init_db(engine)
-        names = set(products.targets.name[lo:hi])
-        targets = products.targets[products.targets.name.isin(names)]
-        manifest = {**products.manifest, "sources": [e for e in products.manifest["sources"] if e["name"] in names]}
-        lcs = [lc for lc in products.lcs if lc.attrs["source_name"] in names]
-        dets = products.detections[products.detections.source_name.isin(names)]
+        targets, manifest, lcs, dets = products.share(lo, hi)
         for _ in range(2):
             ing.in_transaction(engine, ing.ingest_provenances, products.provs)
             ing.in_transaction(engine, ing.ingest_sources, targets, PROJECT, 5)
