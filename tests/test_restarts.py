@@ -260,11 +260,12 @@ def differences(got: dict, want: dict) -> dict:
 
 
 def check_raw_stores(root) -> dict:
-    """Open every raw store and read every source completely; {store: keys}."""
+    """Open every raw store and read every source completely; {store: keys}.  A killed
+    write's temporary copy (``.{stem}.XXXX.tmp.h5``, removed by the next attempt) is not a store."""
     from vo.lightcurves.rawstore import RawStore
 
     out = {}
-    for path in sorted(Path(root).glob("*/*_photometry_RA*.h5")):
+    for path in sorted(p for p in Path(root).glob("*/*_photometry_RA*.h5") if not p.name.startswith(".")):
         store = RawStore(path)
         index = store.index()
         keys = store.keys()
