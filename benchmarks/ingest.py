@@ -5,11 +5,12 @@ Starts its own temporary PostgreSQL server (:func:`vo.db.testing.temporary_serve
 
 * light curves: :func:`vo.db.ingest.ingest_lightcurves`, the database part of
   :func:`vo.db.ingest.ingest_reduced_file` (lookups, checksum of the file, the
-  ``lightcurves`` upsert), one transaction per reduced file of ``--per-file`` light curves;
-  the files are real (:func:`vo.lightcurves.datasets.write_lightcurves`), their attributes
-  read beforehand.  ``lightcurve files`` times the whole ``ingest_reduced_file``, reading
-  the attributes from the HDF5 file included.  The ``sources`` rows the light curves hang
-  from are ingested first (:func:`vo.db.ingest.ingest_sources`).
+  ``lightcurves`` rows), one transaction per reduced file of ``--per-file`` light curves;
+  the files are real (:func:`vo.lightcurves.datasets.write_lightcurves`), their index
+  tables read beforehand.  ``lightcurve files`` times the whole ``ingest_reduced_file``
+  (reading the index from the HDF5 file and its checksum included) for the files of a new
+  reduction (``insert``) and for those files changed (``update``).  The ``sources`` rows the
+  light curves hang from are ingested first (:func:`vo.db.ingest.ingest_sources`).
 * measurements: :func:`vo.db.ingest_transients.write_transient_products`, one transaction
   per CCD of ``--per-ccd`` measurements, with their real/bogus scores (a ``scores`` row
   each) and the association of the real ones (``--real``) to sky objects, half of them
@@ -55,7 +56,7 @@ from vo.db import ingest as ing
 from vo.db import models as m
 from vo.db import testing as dbtest
 from vo.db.ingest_transients import write_transient_products
-from vo.lightcurves.datasets import Lightcurve, read_lightcurves, write_lightcurves
+from vo.lightcurves.datasets import Lightcurve, read_lightcurve_index, write_lightcurves
 
 PROJECT = "BENCH"
 OBS = "DEMO"
@@ -139,7 +140,7 @@ class Runner:
 
 
 # -- light curves ---------------------------------------------------------------------------
-def _lightcurve_products(root: Path, n_lcs: int, per_file: int, shift: float = 0.0):
+def _lightcurve_products(root: Path, n_lcs: int, per_file: int, shift: float = 0.0, folder: str = "reduce"):
     """Targets table and reduced files (paths) of ``n_lcs`` light curves (3 filters, 4
     seasons per source); ``shift`` changes every statistic (the ``update`` run)."""
     rng = np.random.default_rng(1)
@@ -165,7 +166,7 @@ def _lightcurve_products(root: Path, n_lcs: int, per_file: int, shift: float = 0
             lc = Lightcurve.in_block(attrs, columns, (j * n_epochs, (j + 1) * n_epochs))
             lc._filekey = f"{names[src]}_{OBS}_{FILTERS[filt]}_s{season}"
             lcs.append(lc)
-        path = root / PROJECT / "reduce" / f"{OBS}_photometry_RA{len(paths):03d}_reduced.h5"
+        path = root / PROJECT / folder / f"{OBS}_photometry_RA{len(paths):03d}_reduced.h5"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_lightcurves(path, lcs, {"step": "reduce"})
         paths.append(path)
@@ -188,16 +189,20 @@ def bench_lightcurves(runner: Runner, n_lcs: int, per_file: int) -> dict:
             path, lcs = unit
             ing.in_transaction(eng, ing.ingest_lightcurves, lcs, path, root, prov.hash, PROJECT)
 
-        units = [(p, read_lightcurves(p, load_data=False)) for p in paths]
+        units = [(p, read_lightcurve_index(p)) for p in paths]
         for label in ("insert", "again"):
             out[f"lightcurves {label}"] = runner.run(f"lightcurves ({label})", n_lcs, db_part, units)
         _, paths = _lightcurve_products(root, n_lcs, per_file, shift=1.0)
-        units = [(p, read_lightcurves(p, load_data=False)) for p in paths]
+        units = [(p, read_lightcurve_index(p)) for p in paths]
         out["lightcurves update"] = runner.run("lightcurves (update)", n_lcs, db_part, units)
-        _, paths = _lightcurve_products(root, n_lcs, per_file, shift=2.0)
-        out["lightcurve files"] = runner.run(
-            "lightcurve files (update)", n_lcs,
-            lambda eng, p: ing.ingest_reduced_file(eng, p, root, prov.hash, PROJECT), paths)
+        # whole files: a new reduction (another provenance, new rows), then those files changed
+        prov2 = vprov.Provenance("reduce", OBS, "1", {"bench": 2}, {})
+        ing.in_transaction(engine, ing.ingest_provenances, [prov2])
+        for label, shift in (("insert", 0.0), ("update", 2.0)):
+            _, paths = _lightcurve_products(root, n_lcs, per_file, shift=shift, folder="reduce2")
+            out[f"lightcurve files {label}"] = runner.run(
+                f"lightcurve files ({label})", n_lcs,
+                lambda eng, p: ing.ingest_reduced_file(eng, p, root, prov2.hash, PROJECT), paths)
     return out
 
 

@@ -279,6 +279,48 @@ def test_copy_path_writes_what_executemany_writes(postgres_server, tmp_path, mon
             postgres_server.drop_database(name)
 
 
+def _transient_rows(url, provs, epochs, copy_min_rows, monkeypatch) -> dict:
+    """Ingest the epochs (each twice) with ``COPY_MIN_ROWS``; measurements, scores and objects
+    without their ids."""
+    monkeypatch.setattr(bulk, "COPY_MIN_ROWS", copy_min_rows)
+    engine = get_engine(url)
+    init_db(engine)
+    dbtest.insert_transient_parents(engine, provs, {f"x{e:02d}": 60310.0 + e for e in range(len(epochs))})
+    for again in (False, True):
+        for e, (ra, dec, bad, score, _) in enumerate(epochs):
+            shift = 5.0 if again and e == 1 else 0.0  # epoch 1 re-made with other fluxes: updated
+            prod = dbtest.transient_products(provs, f"x{e:02d}", ra, dec, bad, score, flux_shift=shift, radius=RADIUS)
+            ing.in_transaction(engine, write_transient_products, prod)
+    M, S, O = m.Measurement, m.Score, m.SkyObject
+    with Session(engine) as s:
+        out = {"measurements": sorted(s.execute(sa.select(*(c for c in M.__table__.c if not c.name.endswith("id")
+                                                             and c.name != "created_at"), O.name)
+                                                .outerjoin(O, M.object_id == O.id)).tuples().all()),
+               "scores": sorted(s.execute(sa.select(M.filename, M.row_index, S.filename, S.filekey, S.algorithm,
+                                                    S.score).join(M, S.measurement_id == M.id)).tuples().all()),
+               "objects": sorted(s.execute(sa.select(O.name, O.ra, O.dec, O.mjd_first, O.healpix)).tuples().all())}
+    engine.dispose()
+    return out
+
+
+def test_copy_path_writes_what_executemany_writes_transients(postgres_server, monkeypatch):
+    """Measurements, scores and objects of four epochs (each ingested twice, one changed) are the
+    same through plain COPY (new CCDs), COPY + ON CONFLICT and executemany."""
+    provs = dbtest.transient_provenances()
+    _, epochs = _transient_sky(seed=5)
+    names = [postgres_server.create_database() for _ in range(2)]
+    try:
+        by_copy, by_executemany = (_transient_rows(postgres_server.url(name), provs, epochs[:4], n, monkeypatch)
+                                   for name, n in zip(names, (1, 10 ** 9)))
+        assert by_copy == by_executemany
+        assert len(by_copy["measurements"]) == len(by_copy["scores"]) == sum(len(ep[0]) for ep in epochs[:4])
+        assert 0 < len(by_copy["objects"]) < sum(not b and sc >= 0.5 for ep in epochs[:4]
+                                                  for b, sc in zip(ep[2], ep[3]))  # objects seen again
+    finally:
+        for name in names:
+            postgres_server.drop_database(name)
+
+
 # -- cone search ------------------------------------------------------------------------------
 @pytest.fixture
 def q3c_engine(postgres_server):

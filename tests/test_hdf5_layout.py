@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from vo.io import hdf5 as vh5
-from vo.lightcurves.datasets import Lightcurve, read_lightcurves, sanitize_key, write_lightcurves
+from vo.lightcurves.datasets import INDEX_KEY, Lightcurve, read_lightcurves, sanitize_key, write_lightcurves
 from vo.lightcurves.observatories.base import read_raw_columns
 from vo.lightcurves.rawstore import RawStore
 from vo.provenance import short_hash
@@ -75,8 +75,11 @@ def test_reduced_file_is_read_with_plain_h5py(tmp_path):
     path = tmp_path / "DEMO_photometry_RA123_reduced.h5"
     write_lightcurves(path, lcs, {"step": "reduce", "parameters": {"gap": 40}})
     with h5py.File(path, "r") as f:  # h5py + numpy + json only
-        assert sorted(f) == sorted(lc.filekey for lc in lcs)
+        assert sorted(f) == sorted([INDEX_KEY] + [lc.filekey for lc in lcs])
         assert f.attrs["n_lightcurves"] == len(lcs)
+        index = f[INDEX_KEY][...]  # the index: one record per light curve
+        assert [v.decode() for v in index["filekey"]] == [lc.filekey for lc in lcs]
+        assert index["reduction_number"].tolist() == [lc.attrs["reduction_number"] for lc in lcs]
         for lc in lcs:
             ds = f[lc.filekey]
             np.testing.assert_array_equal(ds["flux"], lc.column_arrays(["flux"])["flux"])

@@ -76,6 +76,27 @@ def test_upgrade_keeps_the_rows(old_db):
     assert _diffs(engine) == [] and snapshot(engine) == rows
 
 
+def test_bulk_tables_lose_only_their_provenance_foreign_key(old_db):
+    """Revision 0003: lightcurves, measurements and scores keep their parents' foreign keys
+    (enforced after the upgrade, on SQLite too: the pragma is back on) and lose the one to
+    provenances."""
+    engine, products, rows = old_db
+
+    def fks(table):
+        return {(tuple(fk["constrained_columns"]), fk["referred_table"])
+                for fk in sa.inspect(engine).get_foreign_keys(table)}
+
+    assert (("provenance_id",), "provenances") in fks("lightcurves")
+    init_db(engine)
+    for table, parent in (("lightcurves", (("source_id",), "sources")),
+                          ("measurements", (("cutouts_id",), "cutouts")),
+                          ("scores", (("measurement_id",), "measurements"))):
+        assert parent in fks(table) and (("provenance_id",), "provenances") not in fks(table)
+    assert snapshot(engine) == rows
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.text("UPDATE lightcurves SET source_id = 999999"))
+
+
 @pytest.mark.parametrize("how", ["init_db", "upgrade_to_revision"])
 def test_database_from_before_migrations_is_upgraded(old_db, how):
     """Tables but no alembic_version table (made by create_all before migrations existed):

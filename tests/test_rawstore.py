@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 
 from vo.io import hdf5 as vh5
-from vo.lightcurves.datasets import Lightcurve, RawPhotometry, read_lightcurves, write_lightcurves
+from vo.lightcurves.datasets import (INDEX_KEY, Lightcurve, RawPhotometry, read_lightcurve_index, read_lightcurves,
+                                    write_lightcurves)
 from vo.lightcurves.rawstore import RawStore, StoreError, update_hdf5
 from vo.provenance import short_hash
 
@@ -175,24 +176,39 @@ def test_kill_at_random_moments_loses_nothing_returned(tmp_path):
 
 
 # -- datasets ------------------------------------------------------------------------------
-def make_lc(name="DEMO_J1", number=1, total=2, n=20) -> Lightcurve:
+def make_lc(name="DEMO_J1", number=1, total=2, n=20, **more) -> Lightcurve:
     rng = np.random.default_rng(number)
     data = pd.DataFrame({"mjd": np.arange(n, dtype=float), "flux": rng.normal(100, 5, n),
                          "fluxerr": np.full(n, 5.0), "filter": "g"})
     return Lightcurve(data=data, attrs={"source_name": name, "obs": "DEMO", "filter": "g",
                                         "reduction_number": number, "reduction_total": total,
-                                        "flux_mean": 100.0})
+                                        "flux_mean": 100.0, **more})
 
 
 def test_write_and_read_lightcurves(tmp_path):
     path = tmp_path / "DEMO_photometry_RA123_reduced.h5"
     lcs = [make_lc("DEMO_J1", 1, 2), make_lc("DEMO_J1", 2, 2), make_lc("DEMO J/2", 1, 1)]
     write_lightcurves(path, lcs, {"step": "reduce", "provenance_hash": "abc", "parameters": {"gap": 40}})
+    keys = ["DEMO_J1_reduction_01_of_02", "DEMO_J1_reduction_02_of_02", "DEMO_J_2_reduction_01_of_01"]
     with h5py.File(path, "r") as f:
-        assert sorted(f) == ["DEMO_J1_reduction_01_of_02", "DEMO_J1_reduction_02_of_02",
-                             "DEMO_J_2_reduction_01_of_01"]
+        assert sorted(f) == [INDEX_KEY] + keys
         assert vh5.read_attrs(f)["parameters"] == {"gap": 40} and f.attrs["n_lightcurves"] == 3
         assert f["DEMO_J1_reduction_02_of_02"].attrs["reduction_number"] == 2
+    # the index: one row per light curve, missing attributes as -1 / NaN
+    index = read_lightcurve_index(path)
+    assert index["filekey"].tolist() == [lc.filekey for lc in lcs] and sorted(index["filekey"]) == keys
+    assert index["source_name"].tolist() == ["DEMO_J1", "DEMO_J1", "DEMO J/2"]
+    assert index["reduction_number"].tolist() == [1, 2, 1] and index["reduction_total"].tolist() == [2, 2, 1]
+    assert index["flux_mean"].tolist() == [100.0] * 3 and np.isnan(index["mag_mean"]).all()
+    assert index["season"].tolist() == [-1] * 3 and index["obs"].tolist() == ["DEMO"] * 3
+    with h5py.File(path, "a") as f:  # a file without an index (written before there was one)
+        del f[INDEX_KEY]
+    rebuilt = read_lightcurve_index(path)
+    order = np.argsort(rebuilt["filekey"])
+    for c, v in index.items():
+        np.testing.assert_array_equal(rebuilt[c][order], v[np.argsort(index["filekey"])], err_msg=c)
+    with pytest.raises(ValueError, match="DEMO_J1_reduction_01_of_02.*season = 'spring' is not an integer"):
+        write_lightcurves(path, [make_lc("DEMO_J1", 1, 2, season="spring")])
     back = {lc.filekey: lc for lc in read_lightcurves(path)}
     for lc in lcs:
         other = back[lc.filekey]
@@ -204,6 +220,7 @@ def test_write_and_read_lightcurves(tmp_path):
     assert [lc.filekey for lc in read_lightcurves(path)] == [lcs[0].filekey]
     write_lightcurves(path, [], {"step": "reduce"})  # a bin without light curves
     assert read_lightcurves(path) == [] and h5py.File(path).attrs["n_lightcurves"] == 0
+    assert {c: v.size for c, v in read_lightcurve_index(path).items()} == {c: 0 for c in index}
     with pytest.raises(ValueError, match="two light curves"):
         write_lightcurves(path, [lcs[0], lcs[0]])
     junk = tmp_path / "junk_reduced.h5"

@@ -14,6 +14,8 @@ import yaml
 
 from workflow_helpers import REPO, job_counts, smk
 
+from vo.lightcurves.datasets import INDEX_KEY
+
 pytestmark = pytest.mark.slow
 
 
@@ -40,8 +42,9 @@ def test_demo_run_products(run):
     reduced = sorted(proj.glob(f"reduce-{prov['steps']['reduce.DEMO']['hash']}/*_reduced.h5"))
     assert reduced
     with h5py.File(reduced[0]) as f:
-        keys = list(f)
+        keys = [k for k in f if k != INDEX_KEY]
         assert keys and all(re.search(r"_reduction_\d\d_of_\d\d$", k) for k in keys)
+        assert sorted(k.decode() for k in f[INDEX_KEY]["filekey"]) == sorted(keys)
         assert f.attrs["provenance_hash"] == prov["steps"]["reduce.DEMO"]["hash"]
     a_dir = proj / f"analysis-{prov['steps']['analysis.DEMO']['hash']}"
     n_real = n_sim = 0
@@ -93,13 +96,13 @@ def test_rule_script_runs_standalone(run, tmp_path):
     reduced = next((root / "WFTEST").glob(f"reduce-*/DEMO_photometry_RA{ra_bin:03d}_reduced.h5"))
     before = {}
     with h5py.File(reduced) as f:
-        before = {k: f[k]["flux"][...] for k in f}
+        before = {k: f[k]["flux"][...] for k in f if k != INDEX_KEY}
     reduced.unlink()
     subprocess.run([sys.executable, str(REPO / "scripts" / "reduce.py"), "--configfile", str(cfgfile),
                     "--obs", "DEMO", "--ra-bin", str(ra_bin)], env=env, check=True, capture_output=True)
     with h5py.File(reduced) as f:
-        assert set(f) == set(before)
-        for k in f:
+        assert set(f) == set(before) | {INDEX_KEY}
+        for k in before:
             assert (f[k]["flux"][...] == before[k]).all()
 
 

@@ -172,10 +172,26 @@ def _q3c_available(conn: sa.Connection) -> bool:
 def schema_transaction(engine: Engine) -> Iterator[sa.Connection]:
     """A write transaction that holds the schema lock: a PostgreSQL advisory lock, SQLite's
     write lock (``BEGIN IMMEDIATE``).  Concurrent callers queue; DDL is transactional in both."""
-    with write_engine(engine).begin() as conn:
-        if engine.dialect.name == "postgresql":
+    if engine.dialect.name != "sqlite":
+        with write_engine(engine).begin() as conn:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_INIT_LOCK_KEY)))
-        yield conn
+            yield conn
+        return
+    # SQLite alters a table by copying it (Alembic batch mode); with foreign keys enforced,
+    # dropping the old copy would run the ON DELETE actions of the rows that point at it.
+    # As SQLite's documentation advises: foreign keys off (outside the transaction), change,
+    # check them before commit, on again.
+    with write_engine(engine).connect() as conn:
+        raw = conn.connection.driver_connection
+        raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                yield conn
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"schema change broke foreign keys: {broken[:5]}")
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
 def ensure_q3c(conn: sa.Connection) -> None:

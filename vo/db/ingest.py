@@ -29,6 +29,7 @@ import yaml
 
 from vo import provenance as vprov
 from vo.db import models as m
+from vo.db import bulk
 from vo.db.bulk import DEFAULT_BATCH, IngestError, upsert
 from vo.db.engine import Session, init_db, write_engine
 from vo.io.atomic import checksum
@@ -150,49 +151,56 @@ def ingest_raw(session, manifest: dict, data_root, project: str,
                   batch_size=batch_size)
 
 
-_LC_STATS = ("filter", "season", "reduction_number", "reduction_total", "n_epochs", "flux_mean",
-             "flux_rms", "mag_mean", "mjd_start", "mjd_end")
+_LC_FLOATS = ("flux_mean", "flux_rms", "mag_mean", "mjd_start", "mjd_end")
+_LC_STATS = ("filter", "season", "reduction_number", "reduction_total", "n_epochs") + _LC_FLOATS
 
 
-def _number(value):
-    if value is None:
-        return None
-    value = value.item() if isinstance(value, np.generic) else value
-    return None if isinstance(value, float) and not np.isfinite(value) else value
-
-
-def _numbers(values: list) -> list:
-    """Plain Python numbers, NaN/inf and missing as None (fast path for ints and finite floats)."""
-    return [v if (t := v.__class__) is int or (t is float and v - v == 0) else _number(v) for v in values]
-
-
-def ingest_lightcurves(session, lcs: list, file_path, data_root, provenance_hash: str, project: str,
+def ingest_lightcurves(session, lcs, file_path, data_root, provenance_hash: str, project: str,
                        batch_size: int = DEFAULT_BATCH) -> int:
     """Add or update the rows of the light curves stored in ``file_path`` (one reduced file).
 
-    Each light curve's ``attrs`` give source_name, obs, filter, season, reduction_number,
-    reduction_total, n_epochs, flux_mean, flux_rms (uJy), mag_mean, mjd_start, mjd_end.
-    Returns the number of rows.
+    ``lcs``: the light curves, or the file's index table (columns of
+    :func:`vo.lightcurves.datasets.lightcurve_index`, what :func:`ingest_reduced_file`
+    reads): source_name, obs, filter, season, reduction_number, reduction_total, n_epochs,
+    flux_mean, flux_rms (uJy), mag_mean, mjd_start, mjd_end.  Returns the number of rows.
     """
-    if not lcs:
+    from vo.lightcurves.datasets import lightcurve_index
+
+    try:
+        index = lcs if isinstance(lcs, dict) else lightcurve_index(lcs)
+    except ValueError as exc:
+        raise IngestError(f"{file_path}: {exc}") from None
+    n = len(index["filekey"])
+    if n == 0:
         return 0
+    filekey = index["filekey"].tolist()
+    for k in ("source_name", "obs"):
+        lacking = np.flatnonzero(index[k] == "")
+        if lacking.size:
+            raise IngestError(f"{file_path}: light curve {filekey[lacking[0]]!r} has no attribute {k!r}")
+    for k in ("reduction_number", "reduction_total", "n_epochs"):
+        lacking = np.flatnonzero(index[k] < 0)
+        if lacking.size:
+            raise IngestError(f"{file_path}: light curve {filekey[lacking[0]]!r} has no attribute {k!r}")
     filename = _relative(file_path, data_root)
     digest = checksum(file_path)
-    attrs = [lc.attrs for lc in lcs]
-    try:
-        names = [str(a["source_name"]) for a in attrs]
-        obs = [str(a["obs"]) for a in attrs]
-    except KeyError as exc:
-        raise IngestError(f"{file_path}: a light curve has no attribute {exc}") from None
-    ids = source_ids(session, project, names, str(file_path))
-    prov = {o: provenance_id(session, "reduce", o, provenance_hash, str(file_path)) for o in sorted(set(obs))}
-    columns = {"source_id": [ids[n] for n in names], "provenance_id": [prov[o] for o in obs], "obs": obs,
-               "filekey": [lc.filekey for lc in lcs]}
-    columns.update({k: _numbers([a.get(k) for a in attrs]) for k in _LC_STATS if k != "filter"})
-    columns["filter"] = [str(a.get("filter", "")) for a in attrs]
-    columns.update(filename=[filename] * len(lcs), checksum=[digest] * len(lcs))
+    names, name_of = np.unique(index["source_name"].astype(str), return_inverse=True)
+    ids = source_ids(session, project, names.tolist(), str(file_path))
+    obs, obs_of = np.unique(index["obs"].astype(str), return_inverse=True)
+    prov = [provenance_id(session, "reduce", o, provenance_hash, str(file_path)) for o in obs.tolist()]
+    season = index["season"]
+    columns = {"source_id": np.array([ids[x] for x in names.tolist()], np.int64)[name_of].tolist(),
+               "provenance_id": np.array(prov, np.int64)[obs_of].tolist(), "obs": index["obs"].tolist(),
+               "filekey": filekey, "filter": index["filter"].tolist(),
+               "season": np.where(season < 0, None, season).tolist(),
+               "filename": [filename] * n, "checksum": [digest] * n}
+    columns.update({k: index[k].tolist() for k in ("reduction_number", "reduction_total", "n_epochs")})
+    columns.update({k: bulk.finite_or_none(index[k]) for k in _LC_FLOATS})
     update = ("source_id", "obs", "checksum") + _LC_STATS
-    return upsert(session, m.Lightcurve, columns, update=update, batch_size=batch_size)
+    # a file ingested for the first time (the usual case) is written with a plain COPY
+    new = bulk.lock(session, m.Lightcurve.__tablename__, filename) and \
+        not bulk.has_rows(session, m.Lightcurve, provenance_id=sorted(set(prov)), filename=filename)
+    return upsert(session, m.Lightcurve, columns, update=update, batch_size=batch_size, new=new)
 
 
 _DET_COLUMNS = ("time_start", "time_peak", "time_end", "peak_snr", "peak_mag", "dmag", "n_epochs",
@@ -303,9 +311,12 @@ def ingest_manifest_file(engine, path, data_root, project: str, batch_size: int 
 
 def ingest_reduced_file(engine, path, data_root, provenance_hash: str, project: str,
                         batch_size: int = DEFAULT_BATCH) -> int:
-    from vo.lightcurves.datasets import read_lightcurves
-    lcs = read_lightcurves(path, load_data=False)  # the rows need the attributes only
-    return in_transaction(engine, ingest_lightcurves, lcs, path, data_root, provenance_hash, project,
+    from vo.lightcurves.datasets import read_lightcurve_index
+    try:
+        index = read_lightcurve_index(path)  # the rows need the index table only
+    except ValueError as exc:
+        raise IngestError(f"{path}: {exc}") from None
+    return in_transaction(engine, ingest_lightcurves, index, path, data_root, provenance_hash, project,
                           batch_size)
 
 

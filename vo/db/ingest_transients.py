@@ -14,9 +14,13 @@ The patterns are those of :mod:`vo.db.ingest_images`:
   association: all or nothing.
 * Idempotent: ``INSERT ... ON CONFLICT`` on the natural keys; a measurement that already
   has an object keeps it, so ingesting again writes the same rows and the same object names.
-* Concurrent: tables are written in one fixed order (provenances, subtractions, cutouts,
-  measurements, scores, then the association's cell locks and name counters, see
-  :mod:`vo.db.objects`), so concurrent jobs queue instead of deadlocking.
+* Concurrent: locks are taken in one fixed order (provenances, subtractions, cutouts, the
+  CCD's advisory lock (:func:`vo.db.bulk.lock`), the association's cell locks and name
+  counters (:mod:`vo.db.objects`), then measurements and scores), so concurrent jobs queue
+  instead of deadlocking.
+* Fast: the rows are columns (no dict per row); a CCD ingested for the first time is
+  written with plain ``COPY`` (:func:`vo.db.bulk.upsert` ``new``), its real measurements
+  associated before they are written, so each row is written once.
 
 Badness propagates: image, zero point or reference bad -> subtraction -> cutouts ->
 measurements.  A measurement is *real* when it is not bad and, when a score file is
@@ -26,7 +30,7 @@ given, its score is >= ``scoring.threshold``; only real measurements get an obje
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -36,6 +40,7 @@ from astropy.io import fits
 
 from vo import config as vconfig
 from vo import provenance as vprov
+from vo.db import bulk
 from vo.db import models as m
 from vo.db import objects as vobjects
 from vo.db.engine import init_db
@@ -66,12 +71,6 @@ log = logging.getLogger("vo.db.ingest_transients")
 
 
 # -- small readers ----------------------------------------------------------------------------
-def _finite_or_none(values: np.ndarray) -> list:
-    """Floats with NaN/inf as ``None`` (plain Python values, as psycopg needs)."""
-    v = np.asarray(values, float)
-    return [float(x) if np.isfinite(x) else None for x in v]
-
-
 def _map_median(path: Path, hdu: str) -> float | None:
     """Median of the finite positive pixels of an image HDU, on a subsampled grid."""
     try:
@@ -192,56 +191,54 @@ class TransientProducts:
     reference_file: str
     subtraction: dict
     cutouts: dict
-    measurements: list[dict]        # without cutouts_id, provenance_id, mjd, filter, badness of parents
-    scores: list[dict] = field(default_factory=list)  # aligned with measurements
+    measurements: dict[str, list]   # columns; without cutouts_id, provenance_id, mjd, filter, object_id
+    scores: dict[str, list] | None = None  # columns aligned with measurements; without the ids
     threshold: float | None = None   # score threshold of "real" (None: no scores)
     radius: float = 1.0
 
 
-def _measurement_rows(meas, path, root) -> list[dict]:
+def _measurement_columns(meas, path, root) -> dict[str, list]:
+    """``measurements`` columns of the rows of the file that are not dropped (``row_index``:
+    their rows in the file)."""
     keep = ~np.asarray(meas["is_dropped"], bool) if "is_dropped" in meas.colnames else np.ones(len(meas), bool)
     rows_idx = np.flatnonzero(keep)
-    if not rows_idx.size:
-        return []
     ra, dec = np.asarray(meas["ra"], float)[rows_idx], np.asarray(meas["dec"], float)[rows_idx]
     bad_pos = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
     if bad_pos.any():
         raise IngestError(f"{path}: rows {rows_idx[bad_pos][:10].tolist()} have no valid ra/dec")
     ra = np.mod(ra, 360.0)
-    cols = {db: _finite_or_none(np.asarray(meas[c], float)[rows_idx]) for c, db in MEAS_COLUMNS.items()}
-    hpx = m.healpix_index(ra, dec)
     is_bad = np.asarray(meas["is_bad"], bool)[rows_idx]
     reasons = np.asarray(meas["bad_reasons"], str)[rows_idx]
-    negative = np.asarray(meas["is_negative"], bool)[rows_idx]
+    n = rows_idx.size
     base = _file_row(path, root)
-    rows = []
-    for k, i in enumerate(rows_idx):
-        row = {**base, "filekey": str(int(i)), "row_index": int(i), "ra": float(ra[k]), "dec": float(dec[k]),
-               "healpix": int(hpx[k]), "is_negative": bool(negative[k]), "bad": bool(is_bad[k]),
-               "bad_reason": (str(reasons[k]) or "analytic cuts") if is_bad[k] else None}
-        row.update({c: v[k] for c, v in cols.items()})
-        rows.append(row)
-    return rows
+    cols = {"filename": [base["filename"]] * n, "checksum": [base["checksum"]] * n,
+            "filekey": rows_idx.astype(str).tolist(), "row_index": rows_idx.tolist(), "ra": ra.tolist(),
+            "dec": dec.tolist(), "healpix": m.healpix_index(ra, dec).tolist(),
+            "is_negative": np.asarray(meas["is_negative"], bool)[rows_idx].tolist(), "bad": is_bad.tolist(),
+            "bad_reason": [(r or "analytic cuts") if b else None for b, r in zip(is_bad.tolist(), reasons.tolist())]}
+    cols.update({db: bulk.finite_or_none(np.asarray(meas[c], float)[rows_idx]) for c, db in MEAS_COLUMNS.items()})
+    return cols
 
 
-def _score_rows(scores, meas, path, root, kept_rows: list[dict]) -> list[dict]:
+def _score_columns(scores, meas, path, root, row_index: list[int]) -> dict[str, list]:
+    """``scores`` columns (without the ids) of the measurement rows ``row_index``."""
     if len(scores) != len(meas):
         raise IngestError(f"{path}: {len(scores)} scores for {len(meas)} measurement rows")
     if "id" in scores.colnames and "id" in meas.colnames and \
             not np.array_equal(np.asarray(scores["id"]), np.asarray(meas["id"])):
         raise IngestError(f"{path}: score ids differ from the measurement ids")
-    values = np.asarray(scores["score"], float)
-    base = _file_row(path, root)
+    values = np.asarray(scores["score"], float)[np.asarray(row_index, np.int64)]
     algorithm = str(scores.meta.get("algorithm") or "").strip()
     if not algorithm:
         raise IngestError(f"{path}: no scoring algorithm (ALGORITH) in the SCORES header")
-    out = []
-    for r in kept_rows:
-        v = values[r["row_index"]]
-        if not (np.isfinite(v) and 0 <= v <= 1):
-            raise IngestError(f"{path}: row {r['row_index']}: score {v} not in [0, 1]")
-        out.append({**base, "filekey": str(r["row_index"]), "algorithm": algorithm, "score": float(v)})
-    return out
+    wrong = ~(np.isfinite(values) & (values >= 0) & (values <= 1))
+    if wrong.any():
+        k = int(np.flatnonzero(wrong)[0])
+        raise IngestError(f"{path}: row {row_index[k]}: score {values[k]} not in [0, 1]")
+    n = len(row_index)
+    base = _file_row(path, root)
+    return {"filename": [base["filename"]] * n, "checksum": [base["checksum"]] * n,
+            "filekey": [str(i) for i in row_index], "algorithm": [algorithm] * n, "score": values.tolist()}
 
 
 def association_provenance(cfg: dict, obs: str, upstreams: dict) -> vprov.Provenance:
@@ -312,12 +309,12 @@ def read_transient_products(cfg: dict, instrument: str, exposure: str, ccd: str,
     for col in ("ra", "dec", "is_negative"):
         if col not in meas.colnames:
             raise IngestError(f"{mp}: MEASUREMENTS table lacks column {col!r}")
-    meas_rows = _measurement_rows(meas, mp, root)
-    scores, threshold = [], None
+    meas_cols = _measurement_columns(meas, mp, root)
+    scores, threshold = None, None
     ups = {provs["measurements"].key: provs["measurements"].hash}
     if "scores" in paths:
         table = _read_table(paths["scores"], read_scores, "scores")
-        scores = _score_rows(table, meas, paths["scores"], root, meas_rows)
+        scores = _score_columns(table, meas, paths["scores"], root, meas_cols["row_index"])
         threshold = float(cfg["scoring"]["threshold"])
         ups[provs["scores"].key] = provs["scores"].hash
     assoc = association_provenance(cfg, provs["measurements"].obs, ups)
@@ -328,7 +325,7 @@ def read_transient_products(cfg: dict, instrument: str, exposure: str, ccd: str,
                              prov_keys=keys, image_file=_relative(paths["image"], root),
                              zp_file=_relative(paths["zp"], root),
                              reference_file=_relative(paths["reference_image"], root), subtraction=sub_row,
-                             cutouts=cut_row, measurements=meas_rows, scores=scores, threshold=threshold,
+                             cutouts=cut_row, measurements=meas_cols, scores=scores, threshold=threshold,
                              radius=float(cfg["association"]["radius"]))
 
 
@@ -364,37 +361,48 @@ def write_transient_products(session, prod: TransientProducts) -> dict:
                                                    "zero_point_id": zp["id"], "provenance_id": pid["difference"]})
     cut = propagate_badness({**prod.cutouts, "bad": False, "bad_reason": None}, sub, "subtractions")
     cut_id = _upsert_one(session, m.Cutouts, {**cut, "subtraction_id": sub_id, "provenance_id": pid["cutouts"]})
-    # the rows as columns (the bulk upsert's cheap form), one per measurement
-    rows = [propagate_badness(dict(r), cut, "cutouts") for r in prod.measurements] if cut["bad"] \
-        else prod.measurements
-    n = len(rows)
-    cols = {c: [r[c] for r in rows] for c in (rows[0] if rows else ())}
+    # the ingests of one CCD queue here; a CCD ingested for the first time (the usual case)
+    # is written with plain COPYs
+    t = m.Measurement.__table__
+    new = bulk.lock(session, t.name, cut_id, pid["measurements"])
+    stored = dict(session.execute(sa.select(t.c.row_index, t.c.object_id).where(
+        t.c.cutouts_id == cut_id, t.c.provenance_id == pid["measurements"])).tuples().all())
+    new = new and not stored
+    cols = dict(prod.measurements)
+    n = len(cols["row_index"])
+    if cut["bad"]:
+        badness = [propagate_badness({"bad": b, "bad_reason": r}, cut, "cutouts")
+                   for b, r in zip(cols["bad"], cols["bad_reason"])]
+        cols["bad"], cols["bad_reason"] = [b["bad"] for b in badness], [b["bad_reason"] for b in badness]
     cols.update(cutouts_id=[cut_id] * n, provenance_id=[pid["measurements"]] * n, mjd=[image["mjd"]] * n,
                 filter=[image["filter"]] * n)
-    key = m.NATURAL_KEYS[m.Measurement.__tablename__]
-    upsert(session, m.Measurement, cols, update=[c for c in cols if c not in key])
-    t = m.Measurement.__table__
-    stored = session.execute(sa.select(t.c.row_index, t.c.id, t.c.object_id, t.c.bad).where(
-        t.c.cutouts_id == cut_id, t.c.provenance_id == pid["measurements"])).all()
-    by_row = {r.row_index: r for r in stored}
-    ids = np.array([by_row[i].id for i in cols["row_index"]], np.int64)
     counts = {"provenances": len(prod.provenances), "subtractions": 1, "cutouts": 1, "measurements": n,
               "scores": 0, "associated": 0, "objects_created": 0}
+    # the real measurements without an object get one before they are written (a measurement
+    # that already has an object keeps it: ingesting again changes nothing)
     real = ~np.array(cols["bad"], bool)
-    if prod.scores:
-        score_cols = {c: [r[c] for r in prod.scores] for c in prod.scores[0]}
-        score_cols.update(measurement_id=ids.tolist(), provenance_id=[pid["scores"]] * n)
-        counts["scores"] = upsert(session, m.Score, score_cols, update=("algorithm", "score", "filename",
-                                                                        "filekey", "checksum"))
-        real &= np.array(score_cols["score"]) >= prod.threshold
-    # measurements that already have an object keep it: ingesting again changes nothing
-    todo = real & np.array([by_row[i].object_id is None for i in cols["row_index"]], bool)
+    if prod.scores is not None:
+        real &= np.array(prod.scores["score"]) >= prod.threshold
+    object_ids = [stored.get(i) for i in cols["row_index"]]
+    todo = real & np.array([o is None for o in object_ids], bool)
     if todo.any():
         sel = np.flatnonzero(todo)
         res = vobjects.associate_in_session(session, np.array(cols["ra"])[sel], np.array(cols["dec"])[sel],
-                                            image["mjd"], pid["association"], prod.radius,
-                                            measurement_ids=ids[sel])
+                                            image["mjd"], pid["association"], prod.radius)
+        for k, oid in zip(sel.tolist(), res.object_ids.tolist()):
+            object_ids[k] = oid
         counts["associated"], counts["objects_created"] = int(sel.size), len(res.created)
+    cols["object_id"] = object_ids
+    key = m.NATURAL_KEYS[t.name]
+    upsert(session, m.Measurement, cols, update=[c for c in cols if c not in key], new=new)
+    if prod.scores is not None:
+        ids = dict(session.execute(sa.select(t.c.row_index, t.c.id).where(
+            t.c.cutouts_id == cut_id, t.c.provenance_id == pid["measurements"])).tuples().all())
+        score_cols = {**prod.scores, "measurement_id": [ids[i] for i in cols["row_index"]],
+                      "provenance_id": [pid["scores"]] * n}
+        # new measurements have no scores yet
+        counts["scores"] = upsert(session, m.Score, score_cols, update=("algorithm", "score", "filename",
+                                                                        "filekey", "checksum"), new=new)
     return counts
 
 

@@ -33,6 +33,12 @@ Design choices
   index serves its lookups and foreign-key checks; every extra index slows bulk ingest);
   tables whose rows ingest finds by file (images, zero points, references, subtractions,
   cutouts) have an index on ``filename``.
+* The bulk tables (``lightcurves``, ``measurements``, ``scores``: millions of rows a night)
+  have no foreign key on ``provenance_id``: PostgreSQL checks a foreign key row by row (a
+  trigger and a lookup each, about a third of the server time of a ``COPY`` into
+  ``lightcurves``), while every batch has one or a few provenances that ingest looks up
+  (and fails on) before it writes.  Provenances are never deleted.  Their parent rows
+  (sources, cutouts, measurements) keep their foreign keys and cascades.
 * Every change to the models needs a migration (:mod:`vo.db.migrate`: ``vo db revision``).
 """
 
@@ -65,6 +71,10 @@ def healpix_index(ra, dec) -> np.ndarray:
     ra = np.asarray(ra, dtype=float)
     dec = np.asarray(dec, dtype=float)
     return np.asarray(_HP.lonlat_to_healpix(ra * u.deg, dec * u.deg), dtype=np.int64)
+
+
+#: Doc of ``provenance_id`` in the bulk tables, which have no foreign key to ``provenances``.
+_BULK_PROVENANCE = "provenances.id (no foreign key: ingest checks it once per batch)"
 
 
 class Base(DeclarativeBase):
@@ -177,7 +187,7 @@ class Lightcurve(FileMixin, TimestampMixin, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     source_id: Mapped[int] = mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"), index=True)
-    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"))
+    provenance_id: Mapped[int] = mapped_column(sa.Integer, doc=_BULK_PROVENANCE)
     obs: Mapped[str] = mapped_column(sa.String(32))
     filter: Mapped[str] = mapped_column(sa.String(32))
     season: Mapped[int | None]
@@ -191,7 +201,7 @@ class Lightcurve(FileMixin, TimestampMixin, Base):
     mjd_end: Mapped[float | None] = mapped_column(sa.Float(53), doc="Last epoch (MJD)")
 
     source: Mapped[Source] = relationship(back_populates="lightcurves")
-    provenance: Mapped[Provenance] = relationship()
+    provenance: Mapped[Provenance] = relationship(primaryjoin="foreign(Lightcurve.provenance_id) == Provenance.id")
     source_name: AssociationProxy[str] = association_proxy("source", "name")
 
 
@@ -547,7 +557,7 @@ class Measurement(FileMixin, SkyPositionMixin, BadnessMixin, TimestampMixin, Bas
 
     id: Mapped[int] = mapped_column(primary_key=True)
     cutouts_id: Mapped[int] = mapped_column(sa.ForeignKey("cutouts.id", ondelete="CASCADE"))
-    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.Integer, index=True, doc=_BULK_PROVENANCE)
     row_index: Mapped[int] = mapped_column(sa.Integer, doc="Row of the measurement in its file")
     object_id: Mapped[int | None] = mapped_column(sa.ForeignKey("objects.id", ondelete="SET NULL"),
                                                   index=True)
@@ -563,7 +573,7 @@ class Measurement(FileMixin, SkyPositionMixin, BadnessMixin, TimestampMixin, Bas
     is_negative: Mapped[bool] = mapped_column(sa.Boolean, default=False)
 
     cutouts: Mapped[Cutouts] = relationship(back_populates="measurements")
-    provenance: Mapped[Provenance] = relationship()
+    provenance: Mapped[Provenance] = relationship(primaryjoin="foreign(Measurement.provenance_id) == Provenance.id")
     object: Mapped[SkyObject | None] = relationship(back_populates="measurements")
     scores: Mapped[list[Score]] = relationship(back_populates="measurement")
 
@@ -578,12 +588,12 @@ class Score(FileMixin, TimestampMixin, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     measurement_id: Mapped[int] = mapped_column(sa.ForeignKey("measurements.id", ondelete="CASCADE"))
-    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"), index=True)
+    provenance_id: Mapped[int] = mapped_column(sa.Integer, index=True, doc=_BULK_PROVENANCE)
     algorithm: Mapped[str] = mapped_column(sa.String(64), doc='e.g. "democam_rb", "braai_d6_m7"')
     score: Mapped[float] = mapped_column(sa.Float(53), doc="Probability of a real source, in [0, 1]")
 
     measurement: Mapped[Measurement] = relationship(back_populates="scores")
-    provenance: Mapped[Provenance] = relationship()
+    provenance: Mapped[Provenance] = relationship(primaryjoin="foreign(Score.provenance_id) == Provenance.id")
 
 
 #: Natural key of each table: the columns of its unique constraint, used by the upserts.

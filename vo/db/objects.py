@@ -33,7 +33,7 @@ from astropy.table import Table
 from astropy_healpix import HEALPix, nside_to_pixel_resolution
 
 from vo.db import models as m
-from vo.db.bulk import insert_for
+from vo.db.bulk import insert_for, insert_returning
 from vo.db.ingest import in_transaction
 from vo.images import associate as assoc
 
@@ -88,18 +88,19 @@ def _objects_in_cells(session, provenance_id: int, cells: np.ndarray, level: int
     breaks = np.flatnonzero(np.diff(cells) != 1) + 1
     lo = (cells[np.r_[0, breaks]] << shift).tolist()
     hi = (((cells[np.r_[breaks - 1, cells.size - 1]] + 1) << shift) - 1).tolist()
-    obj = m.SkyObject
+    obj = m.SkyObject.__table__.c  # Core columns on the session's connection: no ORM row loading
+    conn = session.connection()
     stmt = sa.select(obj.id, obj.name, obj.ra, obj.dec).where(obj.provenance_id == provenance_id)
-    if session.get_bind().dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import ARRAY
         ranges = sa.func.unnest(sa.bindparam("lo", lo, type_=ARRAY(sa.BigInteger)),
                                 sa.bindparam("hi", hi, type_=ARRAY(sa.BigInteger))
                                 ).table_valued("lo", "hi").render_derived()
         stmt = stmt.join(ranges, obj.healpix.between(ranges.c.lo, ranges.c.hi))
-        return session.execute(stmt.order_by(obj.id)).all()
+        return conn.execute(stmt.order_by(obj.id)).all()
     rows = []
     for i in range(0, len(lo), _OR_BATCH):
-        rows += session.execute(stmt.where(sa.or_(*(obj.healpix.between(a, b) for a, b in
+        rows += conn.execute(stmt.where(sa.or_(*(obj.healpix.between(a, b) for a, b in
                                                    zip(lo[i:i + _OR_BATCH], hi[i:i + _OR_BATCH]))))).all()
     return sorted(rows, key=lambda r: r.id)
 
@@ -182,15 +183,12 @@ def associate_in_session(session, ra, dec, mjd, provenance_id: int, radius_arcse
     names, created, _ = assoc.associate(ra, dec, mjd, existing, radius_arcsec, counters=start)
     ids = {} if existing is None else dict(zip(existing["name"].tolist(), existing["id"].tolist()))
     if len(created):
-        new_rows = [{"name": str(r["name"]), "provenance_id": int(provenance_id), "ra": float(r["ra"]),
-                     "dec": float(r["dec"]), "mjd_first": float(r["mjd_first"])} for r in created]
-        hpx = m.healpix_index(created["ra"], created["dec"])
-        for row, h in zip(new_rows, hpx):
-            row["healpix"] = int(h)
-        result = session.execute(sa.insert(obj.__table__).returning(obj.__table__.c.id, obj.__table__.c.name,
-                                                                     sort_by_parameter_order=True),
-                                 new_rows)
-        ids.update({name: int(i) for i, name in result})
+        n = len(created)
+        cra, cdec = np.asarray(created["ra"], float), np.asarray(created["dec"], float)
+        new = {"name": np.asarray(created["name"]).astype(str).tolist(), "provenance_id": [int(provenance_id)] * n,
+               "ra": cra.tolist(), "dec": cdec.tolist(), "mjd_first": np.asarray(created["mjd_first"], float).tolist(),
+               "healpix": m.healpix_index(cra, cdec).tolist()}
+        ids.update({name: int(i) for i, name in insert_returning(session, obj.__table__, new, ("id", "name"))})
     object_ids = np.array([ids[n] for n in names], np.int64)
     if measurement_ids is not None:
         mids = np.asarray(measurement_ids, np.int64)

@@ -213,13 +213,18 @@ def transient_products(provs: dict, exposure: str, ra, dec, bad, score, flux_shi
     n = ra.size
     hpx = m.healpix_index(ra, dec).tolist()
     flux = (500.0 + 10.0 * np.arange(n) % 300 + flux_shift).tolist()
-    rows = [{"filename": f"measurements/{exposure}.fits", "checksum": "1" * 64, "filekey": str(i),
-             "row_index": i, "ra": float(ra[i]), "dec": float(dec[i]), "healpix": hpx[i], "is_negative": False,
-             "bad": bool(bad[i]), "bad_reason": "analytic cuts" if bad[i] else None, "x": float(i % 2048),
-             "y": float(i // 2048), "flux": flux[i], "flux_err": 20.0, "mag": -2.5 * np.log10(flux[i]) + 30.0,
-             "mag_err": 0.04, "snr": flux[i] / 20.0} for i in range(n)]
-    scores = [{"filename": f"scores/{exposure}.fits", "checksum": "2" * 64, "filekey": str(i),
-               "algorithm": "synthetic", "score": float(score[i])} for i in range(n)]
+    idx = np.arange(n)
+    bad = np.asarray(bad, bool)
+    cols = {"filename": [f"measurements/{exposure}.fits"] * n, "checksum": ["1" * 64] * n,
+            "filekey": idx.astype(str).tolist(), "row_index": idx.tolist(), "ra": ra.tolist(), "dec": dec.tolist(),
+            "healpix": hpx, "is_negative": [False] * n, "bad": bad.tolist(),
+            "bad_reason": ["analytic cuts" if b else None for b in bad.tolist()],
+            "x": (idx % 2048).astype(float).tolist(), "y": (idx // 2048).astype(float).tolist(), "flux": flux,
+            "flux_err": [20.0] * n, "mag": (-2.5 * np.log10(flux) + 30.0).tolist(), "mag_err": [0.04] * n,
+            "snr": (np.asarray(flux) / 20.0).tolist()}
+    scores = {"filename": [f"scores/{exposure}.fits"] * n, "checksum": ["2" * 64] * n,
+              "filekey": idx.astype(str).tolist(), "algorithm": ["synthetic"] * n,
+              "score": np.asarray(score, float).tolist()}
     sub = {"filename": f"difference/{exposure}.fits", "filekey": "", "checksum": "3" * 64, "method": "zogy",
            "fwhm": 4.0, "noise_rms": 10.0 + flux_shift, "limmag5": 23.0, "n_candidates": n, "bad": False,
            "bad_reason": None}
@@ -227,5 +232,5 @@ def transient_products(provs: dict, exposure: str, ra, dec, bad, score, flux_shi
     keys = {k: (p.step, p.obs, p.hash) for k, p in provs.items()}
     return TransientProducts(where=f"{provs['image'].obs} {exposure} 1", provenances=list(provs.values()),
                              prov_keys=keys, image_file=f"image/{exposure}.fits", zp_file=f"zp/{exposure}.fits",
-                             reference_file="reference/r.fits", subtraction=sub, cutouts=cut, measurements=rows,
+                             reference_file="reference/r.fits", subtraction=sub, cutouts=cut, measurements=cols,
                              scores=scores, threshold=threshold, radius=radius)

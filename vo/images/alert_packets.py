@@ -48,8 +48,9 @@ CANDIDATE_COLUMNS = {"x", "y", "ra", "dec", "id", "is_negative", "is_bad", "is_d
 FOOTPRINT_MARGIN = 1.0 / 3600
 
 
-def _measurement_query(filename: str):
-    """Measurements of one file with their object, exposure, CCD, zero point and limit."""
+def _measurement_query(cutouts_file: str, filename: str):
+    """Measurements of one file (made from ``cutouts_file``: the indexed way to them) with
+    their object, exposure, CCD, zero point and limit."""
     M, C, S, I, E, Z, O = (m.Measurement, m.Cutouts, m.Subtraction, m.Image, m.Exposure, m.ZeroPoint,
                            m.SkyObject)
     return (sa.select(M.id, M.row_index, M.mjd, M.filter, M.bad, M.bad_reason, M.object_id,
@@ -58,7 +59,8 @@ def _measurement_query(filename: str):
             .join(C, M.cutouts_id == C.id).join(S, C.subtraction_id == S.id).join(I, S.image_id == I.id)
             .join(E, I.exposure_id == E.id).join(O, M.object_id == O.id)
             .outerjoin(Z, S.zero_point_id == Z.id)
-            .where(M.filename == filename, M.bad.is_(False)).order_by(M.row_index))
+            .where(C.filename == cutouts_file, M.filename == filename, M.bad.is_(False))
+            .order_by(M.row_index))
 
 
 def _scores(session, measurement_ids, scores_file: str | None) -> dict[int, tuple[float, str]]:
@@ -182,7 +184,7 @@ def _ccd_alerts(session, cfg, root, instrument: str, exposure: str, ccd: str, fi
     if session.scalar(sa.select(m.Cutouts.id).where(m.Cutouts.filename == cut_file).limit(1)) is None:
         raise valerts.AlertError(f"{files['cutouts']}: not in the database: ingest the transient products of "
                                  f"{exposure} {ccd} first (ingest_transient_products)")
-    rows = session.execute(_measurement_query(meas_file)).all()
+    rows = session.execute(_measurement_query(cut_file, meas_file)).all()
     scores_file = _relative(files["scores"], root) if files.get("scores") else None
     scores = _scores(session, [r.id for r in rows], scores_file)
     if scores_file is not None:

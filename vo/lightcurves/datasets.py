@@ -274,6 +274,60 @@ class Lightcurve(_FileDataset):
 
 #: Light-curve attributes also stored as plain HDF5 attributes (all are in ``meta``).
 INDEX_ATTRS = ("source_name", "filter", "reduction_number")
+#: Name of a reduced file's index: one row per light curve (its key, identifiers and
+#: statistics), so that a reader of those (database ingest) reads one table, not an attribute
+#: per light curve.  ``#`` is never in a light curve's key (:func:`sanitize_key`).
+INDEX_KEY = "#index"
+#: Columns of the index: strings; integers (-1: missing); floats (NaN: missing).
+INDEX_STR = ("filekey", "source_name", "obs", "filter")
+INDEX_INT = ("season", "reduction_number", "reduction_total", "n_epochs")
+INDEX_FLOAT = ("flux_mean", "flux_rms", "mag_mean", "mjd_start", "mjd_end", "cat_ra", "cat_dec", "cat_mag")
+
+
+def _int_or_missing(value) -> int:
+    return -1 if value is None else int(value)
+
+
+def _float_or_nan(value) -> float:
+    return np.nan if value is None else float(value)
+
+
+def lightcurve_index(lcs: list[Lightcurve]) -> dict[str, np.ndarray]:
+    """The index table of ``lcs`` (see :data:`INDEX_KEY`): ``{column: array}``; a missing
+    attribute is ``""``, -1 or NaN.  ValueError names a light curve with a value of the
+    wrong kind."""
+    attrs = [lc.attrs for lc in lcs]
+    out = {"filekey": np.array([lc.filekey for lc in lcs], dtype=object)}
+    out.update({k: np.array([str(a.get(k, "")) for a in attrs], dtype=object) for k in INDEX_STR[1:]})
+    for kind, convert, dtype in ((INDEX_INT, _int_or_missing, np.int64), (INDEX_FLOAT, _float_or_nan, float)):
+        for k in kind:
+            try:
+                out[k] = np.array([convert(a.get(k)) for a in attrs], dtype=dtype)
+            except (TypeError, ValueError):
+                bad = next(i for i, a in enumerate(attrs) if not _converts(convert, a.get(k)))
+                raise ValueError(f"light curve {lcs[bad].filekey!r}: {k} = {attrs[bad].get(k)!r} is not "
+                                 f"{'an integer' if dtype is np.int64 else 'a number'}") from None
+    return out
+
+
+def _converts(convert, value) -> bool:
+    try:
+        convert(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def read_lightcurve_index(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The index of a reduced file (:data:`INDEX_KEY`), read in one pass; files written
+    without one get it built from every light curve's attributes (slower)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if INDEX_KEY in f:
+                return vh5.read_columns(f[INDEX_KEY], with_attrs=False)[0]
+    except (OSError, ValueError, KeyError) as exc:
+        raise OSError(f"{path}: cannot read the light-curve index: {exc}") from exc
+    return lightcurve_index(read_lightcurves(path, load_data=False))
 
 
 def write_lightcurves(path: str | os.PathLike, lcs: list[Lightcurve], attrs: dict | None = None) -> None:
@@ -282,6 +336,7 @@ def write_lightcurves(path: str | os.PathLike, lcs: list[Lightcurve], attrs: dic
     Each light curve is one compound dataset named by :attr:`Lightcurve.filekey` (the
     records layout of :mod:`vo.io.hdf5`: ``f[key]["flux"]`` reads its flux); its ``attrs``
     are the JSON attribute ``meta``, and :data:`INDEX_ATTRS` are plain attributes too.
+    The table :data:`INDEX_KEY` indexes them (:func:`lightcurve_index`).
     ``attrs`` (step, provenance hash, parameters, ...) become the file's root attributes,
     plus ``n_lightcurves``.  Each light curve's ``filename``/``folder`` is set to ``path``.
     """
@@ -292,12 +347,14 @@ def write_lightcurves(path: str | os.PathLike, lcs: list[Lightcurve], attrs: dic
         dup = next(k for i, k in enumerate(keys) if k in keys[:i])
         raise ValueError(f"{path}: two light curves with key {dup!r}")
     block = _shared_block(keys, lcs)
+    index = lightcurve_index(lcs)
     with update_hdf5(path, fresh=True) as f:
         if block is not None:
             vh5.write_block(f, block, index_attrs=INDEX_ATTRS)
         else:
             items = {k: (lc._table() if lc._columns is not None else lc.data, lc.attrs) for k, lc in zip(keys, lcs)}
             vh5.write_tables(f, items, layout="records", index_attrs=INDEX_ATTRS)
+        vh5.write_table(f, INDEX_KEY, index, layout="records")
         vh5.write_attrs(f, {**(attrs or {}), "n_lightcurves": len(keys)})
     folder, filename = os.path.split(os.path.abspath(path))
     for lc in lcs:
@@ -331,13 +388,14 @@ def read_lightcurves(path: str | os.PathLike, load_data: bool = True) -> list[Li
         raise OSError(f"{path}: cannot read light curves: {exc}") from exc
     with f:
         try:
+            keys = [k for k in f.keys() if k != INDEX_KEY]
             if not load_data:
                 return [Lightcurve(attrs=attrs, filename=filename, folder=folder, filekey=key)
-                        for key, attrs in vh5.read_metas(f).items()]
-            block = vh5.read_block(f)
+                        for key, attrs in vh5.read_metas(f, keys).items()]
+            block = vh5.read_block(f, keys)
             if block is None:  # light curves with different columns
                 return [Lightcurve(columns=cols, attrs=attrs, filename=filename, folder=folder, filekey=key)
-                        for key, (cols, attrs) in vh5.read_tables(f).items()]
+                        for key, (cols, attrs) in vh5.read_tables(f, keys).items()]
         except (ValueError, KeyError, OSError) as exc:  # any corruption: name the file and key
             raise OSError(f"{path}: cannot read light curves: {exc}") from exc
     out = []
