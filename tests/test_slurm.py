@@ -90,9 +90,9 @@ class Snakemake:
     """The workflow running in the background with ``VO_DATA``/``VO_DB_URL`` in ``data_root``;
     ``output()`` waits for it and returns what it printed (failing the test if it failed)."""
 
-    def __init__(self, args: list[str], data_root: Path, env: dict | None = None):
+    def __init__(self, args: list[str], data_root: Path, env: dict | None = None, db_url: str | None = None):
         env = dict(env or os.environ, VO_DATA=str(data_root),
-                   VO_DB_URL=f"sqlite:///{data_root / 'vo.sqlite'}")
+                   VO_DB_URL=db_url or f"sqlite:///{data_root / 'vo.sqlite'}")
         self.args, self.logfile = args, open(data_root.parent / f"{data_root.name}.snakemake.log", "w+")
         self.proc = subprocess.Popen(SNAKEMAKE + args, stdout=self.logfile, stderr=subprocess.STDOUT,
                                      text=True, env=env, cwd=REPO)
@@ -117,9 +117,9 @@ class Snakemake:
         return text
 
 
-def snakemake(args: list[str], data_root: Path, env: dict | None = None) -> str:
+def snakemake(args: list[str], data_root: Path, env: dict | None = None, db_url: str | None = None) -> str:
     """Run the workflow (see ``Snakemake``) and return its output."""
-    return Snakemake(args, data_root, env).output()
+    return Snakemake(args, data_root, env, db_url).output()
 
 
 def site_profile(folder: Path, **resources) -> Path:
@@ -179,23 +179,28 @@ def differing_products(a: Path, b: Path) -> list[str]:
 
 
 def products(root: Path) -> dict[str, str]:
-    """sha256 of every product file under a data root (not logs, benchmarks, the database)."""
+    """sha256 of every product file under a data root (not logs, benchmarks, the database, nor
+    the ``.snakemake_timestamp`` Snakemake puts in a ``directory()`` output of a per-exposure job)."""
     out = {}
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root)
-        if f.is_file() and not NOT_PRODUCTS & set(rel.parts[:2]) and f.name != "vo.sqlite":
+        if (f.is_file() and not NOT_PRODUCTS & set(rel.parts[:2])
+                and f.name not in ("vo.sqlite", ".snakemake_timestamp")):
             out[str(rel)] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 
 
-def database_rows(path: Path) -> dict[str, Counter]:
-    """Every table's rows with surrogate keys replaced by the rows they point to.
+def database_rows(db: Path | str) -> dict[str, Counter]:
+    """Every table's rows (a SQLite file, or a database URL) with surrogate keys replaced by
+    the rows they point to.
 
     Primary keys and timestamps differ between runs whose jobs finished in another order;
-    a foreign key is replaced, recursively, by the content of the row it references.  The
-    checksum of a ``VOLATILE`` file is left out (its content is compared by the file test).
+    a foreign key (and ``provenance_id``, which has none in the bulk tables) is replaced,
+    recursively, by the content of the row it references.  The checksum of a ``VOLATILE``
+    file is left out (its content is compared by the file test).  JSON values are compared
+    as JSON, so SQLite and PostgreSQL (JSONB) rows compare equal.
     """
-    engine = sa.create_engine(f"sqlite:///{path}")
+    engine = sa.create_engine(db if isinstance(db, str) else f"sqlite:///{db}")
     meta = sa.MetaData()
     meta.reflect(engine)
     with engine.connect() as con:
@@ -216,6 +221,8 @@ def database_rows(path: Path) -> dict[str, Counter]:
                 fk = next(iter(col.foreign_keys), None)
                 if fk is not None and value is not None:
                     value = canon(fk.column.table.name, value)
+                elif col.name == "provenance_id" and value is not None:
+                    value = canon("provenances", value)
                 parts.append([col.name, value])
             memo[(table, key)] = json.dumps(parts, sort_keys=True, default=str)
         return memo[(table, key)]
@@ -475,3 +482,36 @@ def test_squeue_status_without_accounting(local_run, squeue_run):
         assert made[str(t)] == local[str(t)], t
     assert len(made) == 2 and set(made) <= set(local)   # the raw bias frame and the master
     assert not differing_products(local_run.root, run.root)
+
+
+# -- PostgreSQL, one job per exposure ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def postgres_run(accounting_cluster, local_run, tmp_path_factory, postgres_server):
+    """The small demo through the unchanged profile with ``images.jobs: exposure`` (the
+    per-CCD steps as one SLURM job per exposure) into a PostgreSQL database, as a cluster
+    with a shared server runs it: ``root``, ``url``, ``log``."""
+    root = tmp_path_factory.mktemp("slurm_pg")
+    cfg = root.parent / f"{root.name}.yaml"
+    cfg.write_text(yaml.safe_dump({**SMALL, "images": {"enabled": True, "jobs": "exposure"}}))
+    url = postgres_server.url(postgres_server.create_database())
+    log = snakemake(["--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(cfg),
+                     "--slurm-logdir", str(root / "slurm_logs"), *FAST_STATUS], root, accounting_cluster.env,
+                    db_url=url)
+    return SimpleNamespace(root=root, url=url, log=log)
+
+
+def test_exposure_jobs_into_postgresql_give_the_local_files_and_rows(postgres_run, local_run):
+    """Per-exposure jobs on SLURM writing to PostgreSQL: the local run's products (an exposure
+    job keeps its aligned references; the merged config records ``images.jobs``) and database
+    rows."""
+    local, made = products(local_run.root), products(postgres_run.root)
+    assert set(local) <= set(made) and len(local) > 40
+    assert all(f.endswith(".refaligned.fits") for f in set(made) - set(local))
+    differ = differing_products(local_run.root, postgres_run.root)
+    config = [f for f in differ if Path(f).name.startswith("00_config_")]
+    assert len(config) == 1 and "jobs: exposure" in (postgres_run.root / config[0]).read_text()
+    assert not set(differ) - set(config), f"contents differ: {differ}"
+    want, got = database_rows(local_run.root / "vo.sqlite"), database_rows(postgres_run.url)
+    assert set(got) == set(want) and sum(got["measurements"].values()) > 0
+    differ = {t: (sum(want[t].values()), sum(got[t].values())) for t in want if want[t] != got[t]}
+    assert not differ, f"tables differ (local rows, PostgreSQL rows): {differ}"
