@@ -1,11 +1,12 @@
 # make demo   run the default workflow (offline demo survey, SQLite) in a virtual environment
 # make test   run the test suite
+# make lint   check the import layers (import-linter contracts in pyproject.toml)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test dry-run clean-demo
+.PHONY: demo test lint dry-run clean-demo
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "vo needs Python >= 3.11")'
@@ -22,6 +23,9 @@ dry-run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/lint-imports
 
 clean-demo:
 	rm -rf data/DEMO data/vo.sqlite .snakemake

@@ -7,7 +7,7 @@ flat frames, master bias and flat, the Gaia excerpt tiles of the footprint in th
 two reference epochs calibrated, ingested and coadded into the reference
 (``run_references``), and the new (third) epoch calibrated, subtracted and turned into a
 real/bogus training set on which the ``democam_rb`` model is trained (``run_rb_training_set``,
-``run_train_rb``).  Then times every per-CCD rule body of :mod:`vo.images.rules` on the new
+``run_train_rb``).  Then times every per-CCD rule body of :mod:`vo.pipeline.images` on the new
 epoch, each in a FRESH subprocess pinned to one core (``taskset -c 0`` where available, else
 ``sched_setaffinity``; BLAS/OpenMP threads 1), reading and writing the real files:
 
@@ -18,7 +18,7 @@ epoch, each in a FRESH subprocess pinned to one core (``taskset -c 0`` where ava
   (``democam_rb``), association (ingest of the transient products + objects), alerts (AVRO
   file of the one-CCD exposure);
 * and, inside subtraction, two in-process parts on the same inputs: ``align`` (only
-  :func:`vo.images.align.align_image` of the reference onto the new grid) and ``zogy`` (only
+  :func:`vo.images.reference.align.align_image` of the reference onto the new grid) and ``zogy`` (only
   :func:`vo.images.subtract.subtract` on the aligned pair, no file I/O).
 
 Database steps (ingest_images, association, alerts) start every run from a copy of the
@@ -81,7 +81,7 @@ def make_config(root: str, shape: list[int]) -> dict:
 
 def new_exposure(cfg: dict) -> str:
     """The one new (subtracted) exposure of the config."""
-    from vo.images import rules as R
+    from vo.pipeline import images as R
 
     (exposure,) = R.new_exposures(cfg)
     return exposure
@@ -143,7 +143,7 @@ def setup(root: str, shape: list[int]) -> dict:
     """Simulate and calibrate the epochs, build the reference, train democam_rb, init the DB."""
     from vo.db import engine as vengine
 
-    from vo.images import rules as R
+    from vo.pipeline import images as R
 
     cfg = make_config(root, shape)
     ccd = R.ccds(cfg)[0]
@@ -173,7 +173,7 @@ def setup(root: str, shape: list[int]) -> dict:
     R.run_train_rb(cfg, *R.rule_io("train_rb", cfg))
     t["train_rb"] = time.perf_counter() - t0
     vengine.engine_from_config(cfg).dispose()
-    from vo.images.excerpts import get_excerpt
+    from vo.images.astrometry.excerpts import get_excerpt
     from vo.images.image import read_image
     from vo.paths import Paths
 
@@ -194,18 +194,18 @@ def pin_to_one_core() -> None:
 
 def import_all() -> None:
     """Every module the rule bodies import lazily, so that imports are not timed."""
-    import vo.db.engine, vo.db.ingest_images, vo.db.ingest_transients  # noqa: E401, F401
-    import vo.images.alert_packets, vo.images.alerts, vo.images.align  # noqa: E401, F401
-    import vo.images.astrometry, vo.images.background, vo.images.calibration  # noqa: E401, F401
-    import vo.images.coadd, vo.images.cutouts, vo.images.detect, vo.images.excerpts  # noqa: E401, F401
-    import vo.images.extract, vo.images.image, vo.images.measure, vo.images.preprocess  # noqa: E401, F401
-    import vo.images.psf, vo.images.score, vo.images.subtract, vo.images.subtract.zogy  # noqa: E401, F401
-    import vo.images.training, vo.images.zeropoint  # noqa: E401, F401
+    import vo.db.engine, vo.ingest.images, vo.ingest.transients  # noqa: E401, F401
+    import vo.pipeline.alert_packets, vo.images.alerts, vo.images.reference.align  # noqa: E401, F401
+    import vo.images.astrometry, vo.images.extract.background, vo.images.calibrate.calibration  # noqa: E401, F401
+    import vo.images.reference.coadd, vo.images.detect.cutouts, vo.images.detect, vo.images.astrometry.excerpts  # noqa: E401, F401
+    import vo.images.extract, vo.images.image, vo.images.detect.measure, vo.images.calibrate.preprocess  # noqa: E401, F401
+    import vo.images.extract.psf, vo.images.realbogus.score, vo.images.subtract, vo.images.subtract.zogy  # noqa: E401, F401
+    import vo.images.realbogus.training, vo.images.photometry.zeropoint  # noqa: E401, F401
 
 
 def step_callable(cfg: dict, step: str):
     """(run, before): ``run()`` is what is timed; ``before()`` runs untimed before each run."""
-    from vo.images import rules as R
+    from vo.pipeline import images as R
 
     ccd = R.ccds(cfg)[0]
     exposure = new_exposure(cfg)
@@ -221,13 +221,13 @@ def step_callable(cfg: dict, step: str):
         body = getattr(R, f"run_{step}")
         return (lambda: body(cfg, exposure, ccd, *io)), before
     # the parts of subtraction, on inputs read here (not timed)
-    from vo.images.align import align_image, with_wcs
+    from vo.images.reference.align import align_image, with_wcs
     from vo.images.astrometry import read_wcs
-    from vo.images.coadd import read_reference
+    from vo.images.reference.coadd import read_reference
     from vo.images.image import read_image
-    from vo.images.psf import read_psf
+    from vo.images.extract.psf import read_psf
     from vo.images.subtract import subtract
-    from vo.images.zeropoint import read_zp
+    from vo.images.photometry.zeropoint import read_zp
 
     inputs, _ = R.rule_io("subtraction", cfg, exposure, ccd)
     new = with_wcs(read_image(inputs["image"]), read_wcs(inputs["wcs"]).wcs)
@@ -341,11 +341,11 @@ def report(rows: dict, repeat: int) -> None:
 
 def products_line(cfg: dict) -> str:
     """What the timed run of the new CCD produced (so that no step timed an empty product)."""
-    from vo.images import rules as R
+    from vo.pipeline import images as R
     from vo.images.alerts import read_alerts
     from vo.images.detect import read_candidates
-    from vo.images.measure import read_measurements
-    from vo.images.score import read_scores
+    from vo.images.detect.measure import read_measurements
+    from vo.images.realbogus.score import read_scores
 
     ccd, exposure = R.ccds(cfg)[0], new_exposure(cfg)
     out = {s: R.rule_io(s, cfg, exposure, ccd)[1] for s in ("detection", "measurements", "scoring", "association")}

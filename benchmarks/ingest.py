@@ -3,19 +3,19 @@
 Starts its own temporary PostgreSQL server (:func:`vo.db.testing.temporary_server`; or uses
 ``--url``) and times the ingest functions of the workflow on synthetic products:
 
-* light curves: :func:`vo.db.ingest.ingest_lightcurves`, the database part of
-  :func:`vo.db.ingest.ingest_reduced_file` (lookups, checksum of the file, the
+* light curves: :func:`vo.ingest.lightcurves.ingest_lightcurves`, the database part of
+  :func:`vo.ingest.lightcurves.ingest_reduced_file` (lookups, checksum of the file, the
   ``lightcurves`` rows), one transaction per reduced file of ``--per-file`` light curves;
   the files are real (:func:`vo.lightcurves.datasets.write_lightcurves`), their index
   tables read beforehand.  ``lightcurve files`` times the whole ``ingest_reduced_file``
   (reading the index from the HDF5 file and its checksum included) for the files of a new
   reduction (``insert``) and for those files changed (``update``).  The ``sources`` rows the
-  light curves hang from are ingested first (:func:`vo.db.ingest.ingest_sources`).
-* measurements: :func:`vo.db.ingest_transients.write_transient_products`, one transaction
+  light curves hang from are ingested first (:func:`vo.ingest.lightcurves.ingest_sources`).
+* measurements: :func:`vo.ingest.transients.write_transient_products`, one transaction
   per CCD of ``--per-ccd`` measurements, with their real/bogus scores (a ``scores`` row
   each) and the association of the real ones (``--real``) to sky objects, half of them
   objects of the CCD before.  The products are built in memory as
-  :func:`vo.db.ingest_transients.read_transient_products` returns them (the files are not
+  :func:`vo.ingest.transients.read_transient_products` returns them (the files are not
   read); the parent rows (images, zero points, a reference) are inserted first, untimed.
 
 Each kind is timed into empty tables (``insert``), the same again (``again``: idempotent,
@@ -52,10 +52,11 @@ import sqlalchemy as sa
 
 from vo import provenance as vprov
 from vo.db import bulk, get_engine, init_db
-from vo.db import ingest as ing
+from vo.ingest import lightcurves as ing
 from vo.db import models as m
 from vo.db import testing as dbtest
-from vo.db.ingest_transients import write_transient_products
+from vo.ingest import testing as itest
+from vo.ingest.transients import write_transient_products
 from vo.lightcurves.datasets import Lightcurve, read_lightcurve_index, write_lightcurves
 
 PROJECT = "BENCH"
@@ -221,13 +222,13 @@ def _ccd_products(provs: dict, c: int, n: int, real: float, shift: float = 0.0):
     i = np.arange(n)
     bad = (i >= n_real) & (i % 2 == 0)
     score = np.where(i < n_real, 0.9, 0.1)
-    return dbtest.transient_products(provs, f"e{c:05d}", ra, dec, bad, score, flux_shift=shift)
+    return itest.transient_products(provs, f"e{c:05d}", ra, dec, bad, score, flux_shift=shift)
 
 
 def bench_measurements(runner: Runner, n_meas: int, per_ccd: int, real: float) -> dict:
-    provs = dbtest.transient_provenances(INSTRUMENT)
+    provs = itest.transient_provenances(INSTRUMENT)
     n_ccds = -(-n_meas // per_ccd)
-    dbtest.insert_transient_parents(runner.engine, provs,
+    itest.insert_transient_parents(runner.engine, provs,
                                     {f"e{c:05d}": 60310.0 + 0.01 * c for c in range(n_ccds)})
     sizes = [min(per_ccd, n_meas - c * per_ccd) for c in range(n_ccds)]
     out = {}

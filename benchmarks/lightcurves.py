@@ -13,7 +13,7 @@ and prints sources per second for each and for both (the goal: 500 sources/s on 
 Everything runs ``--repeat`` times on the same data and the fastest run is reported (other
 work on the machine only slows runs down).  The process pins itself to one core.  Writes
 nothing, except with ``--rules``, which instead times the workflow's rule bodies
-(:func:`vo.workflow.run_reduce` and :func:`vo.workflow.run_analysis`, HDF5 and netCDF
+(:func:`vo.pipeline.lightcurves.run_reduce` and :func:`vo.pipeline.lightcurves.run_analysis`, HDF5 and netCDF
 reading and writing included) on one DEMO RA bin in a temporary folder.
 
     taskset -c 0 .venv/bin/python benchmarks/lightcurves.py            # 2000 sources, best of 3
@@ -129,7 +129,7 @@ def run_rules(n_sources: int, seed: int, repeat: int, profile: bool) -> None:
     """Time the reduce and analysis rule bodies on one DEMO RA bin of ``n_sources`` targets."""
     import json
 
-    from vo import workflow
+    from vo.pipeline import lightcurves as workflow
     from vo.catalog import write_targets
     from vo.lightcurves.observatories import get_observatory
     from vo.paths import Paths

@@ -7,6 +7,6 @@ from pathlib import Path
 
 # run from a checkout without installing vo (Snakemake copies scripts; __real_file__ is the original)
 sys.path.insert(0, str(Path(globals().get("__real_file__", __file__)).resolve().parents[1]))
-from vo.scripting import rule_main  # noqa: E402
+from vo.pipeline.scripting import rule_main  # noqa: E402
 
 rule_main("alerts", __doc__, globals().get("snakemake"))

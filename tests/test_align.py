@@ -1,4 +1,4 @@
-"""vo.images.align: resampling onto another pixel grid (geometry, flux, weights, flags).
+"""vo.images.reference.align: resampling onto another pixel grid (geometry, flux, weights, flags).
 
 A synthetic star field (Moffat stars rendered with the simulator's pixel-integrated renderer,
 Poisson + read noise) on a TAN-SIP grid is resampled onto a grid shifted by a non-integer
@@ -14,11 +14,11 @@ from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
 from vo.images import flags as pixflags
-from vo.images.align import align_image, pixel_map, replace_wcs, with_wcs
+from vo.images.reference.align import align_image, pixel_map, replace_wcs, with_wcs
 from vo.images.extract import extract
 from vo.images.image import Image
-from vo.images.psf import PSFModel
-from vo.images.simulate import render_point_sources
+from vo.images.extract.psf import PSFModel
+from vo.images.instruments.democam.render import render_point_sources
 
 SHAPE = (400, 360)  # ny, nx
 SKY = 200.0         # e-/pix
@@ -293,7 +293,7 @@ def test_noise_autocorrelation_in_header_matches_resampled_noise():
     correlation factor it gives predicts the variance of a PSF-sized kernel sum."""
     from scipy import signal
 
-    from vo.images.align import NOISE_LAG, read_noise_acf
+    from vo.images.reference.align import NOISE_LAG, read_noise_acf
     from vo.images.subtract.common import correlation_factor
 
     rng = np.random.default_rng(4)

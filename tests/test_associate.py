@@ -7,7 +7,7 @@ import pytest
 from astropy.table import Table
 
 from vo.db.spatial import great_circle_deg
-from vo.images.associate import (assign_names, associate, counter_letters, group_positions, match_existing,
+from vo.sky import (assign_names, associate, counter_letters, group_positions, match_existing,
                                  mjd_year, object_name)
 
 

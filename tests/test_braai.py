@@ -1,4 +1,4 @@
-"""braai d6_m7 in numpy (vo.images.braai): layers against definitional implementations, the
+"""braai d6_m7 in numpy (vo.images.realbogus.braai): layers against definitional implementations, the
 whole network against a slow reference forward pass, braai's preprocessing, and the real ZTF
 alert packets of tests/data/ztf_alerts (scores in [0, 1] that rank the packets like their
 ``rb`` field; these 2018 packets predate the ``drb`` field, so there is no drb to reproduce)."""
@@ -17,8 +17,8 @@ import pytest
 from scipy.signal import correlate
 from scipy.stats import spearmanr
 
-from vo.images import braai as B
-from vo.images import score as S
+from vo.images.realbogus import braai as B
+from vo.images.realbogus import score as S
 
 DATA = Path(__file__).parent / "data"
 ALERTS = DATA / "ztf_alerts" / "ztf_public_20180819_mod1000.tar.gz"

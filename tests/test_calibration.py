@@ -1,4 +1,4 @@
-"""Master bias and flat (vo.images.calibration) from synthetic raw calibration sections.
+"""Master bias and flat (vo.images.calibrate.calibration) from synthetic raw calibration sections.
 
 The raw sections come from :func:`test_preprocess.make_section` (two amplifiers with
 overscan, a fixed bias pattern, per-amplifier gains, a flat pattern, integer ADU); their
@@ -12,8 +12,8 @@ import pytest
 from astropy.io import fits
 
 from test_preprocess import CAL, GAINS, PARS, READ_NOISE, RawSection, bias_pattern, make_section, true_flat
-from vo.images.calibration import clipped_mean, master_bias, master_flat, read_master, write_master
-from vo.images.preprocess import preprocess
+from vo.images.calibrate.calibration import clipped_mean, master_bias, master_flat, read_master, write_master
+from vo.images.calibrate.preprocess import preprocess
 from vo.io.fits import FitsError, read_provenance
 
 NY, NX = 256, 192

@@ -1,6 +1,6 @@
-"""vo.images.coadd: a DemoCam reference coadd checked against the simulation's truth.
+"""vo.images.reference.coadd: a DemoCam reference coadd checked against the simulation's truth.
 
-The real rule bodies (:mod:`vo.images.rules`) run simulate -> preprocess -> extract ->
+The real rule bodies (:mod:`vo.pipeline.images`) run simulate -> preprocess -> extract ->
 astrometry -> zero point on the three transient-free reference epochs of a 1024x1024 DemoCam
 CCD in a temporary data root; the coadd is built on the first epoch's solved grid.  Checks:
 
@@ -20,7 +20,7 @@ from astropy.io import fits
 from scipy.spatial import cKDTree
 
 from vo import config as vconfig
-from vo.images import rules as R
+from vo.pipeline import images as R
 
 N_REF = 3
 
@@ -28,12 +28,12 @@ N_REF = 3
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """(cfg, inputs) with inputs = list of (Image with solved WCS, PSF, ZeroPoint, truth)."""
-    from vo.images.align import with_wcs
+    from vo.images.reference.align import with_wcs
     from vo.images.astrometry import read_wcs
     from vo.images.image import read_image
-    from vo.images.psf import read_psf
-    from vo.images.simulate import read_truth
-    from vo.images.zeropoint import read_zp
+    from vo.images.extract.psf import read_psf
+    from vo.images.instruments.democam.simulate import read_truth
+    from vo.images.photometry.zeropoint import read_zp
     from vo.paths import Paths
 
     root = tmp_path_factory.mktemp("vo_data")
@@ -64,7 +64,7 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(demo):
-    from vo.images.coadd import build_reference
+    from vo.images.reference.coadd import build_reference
 
     cfg, inputs = demo
     grid = inputs[0][0]
@@ -91,7 +91,7 @@ def psf_flux_noise(sci, ok, psf, n=3000, seed=1) -> float:
 
 def source_free(truth, shape, sigma, scale=1.0) -> np.ndarray:
     """Pixels where the true sources add less than 5% of the noise ``sigma`` (e-)."""
-    from vo.images.simulate import render_point_sources
+    from vo.images.instruments.democam.render import render_point_sources
 
     m = np.asarray(truth["inside"], bool)
     model = render_point_sources(shape, np.asarray(truth["x"])[m], np.asarray(truth["y"])[m],
@@ -106,7 +106,7 @@ def robust_std(a) -> float:
 def test_noise_matches_weight(demo, reference):
     """Pull std ~1 on source-free sky, and the same as the inputs' own pull there (their weight
     maps are ~3% low: an upstream matter, inherited, not added)."""
-    from vo.images.coadd import subtract_background
+    from vo.images.reference.coadd import subtract_background
 
     _, inputs = demo
     im = reference.image
@@ -153,7 +153,7 @@ def test_zero_point_against_truth(demo, reference):
 
 def test_deeper_than_single_images(demo, reference):
     _, inputs = demo
-    from vo.images.coadd import subtract_background
+    from vo.images.reference.coadd import subtract_background
 
     im = reference.image
     sig_c = psf_flux_noise(im.sci, im.flags == 0, reference.psf)
@@ -171,7 +171,7 @@ def test_deeper_than_single_images(demo, reference):
 
 
 def test_reference_files_round_trip(tmp_path, reference):
-    from vo.images.coadd import read_reference, reference_paths, write_reference
+    from vo.images.reference.coadd import read_reference, reference_paths, write_reference
 
     attrs = {"step": "references", "provenance_hash": "abc123", "code_version": "1", "project": "T"}
     paths = write_reference(tmp_path / "ref_f00_r_ccd00", reference, attrs)
@@ -191,7 +191,7 @@ def test_reference_files_round_trip(tmp_path, reference):
 
 
 def test_bad_inputs(demo, tmp_path):
-    from vo.images.coadd import ReferenceError, build_reference, read_reference
+    from vo.images.reference.coadd import ReferenceError, build_reference, read_reference
 
     cfg, inputs = demo
     img, psf, zp, _ = inputs[0]

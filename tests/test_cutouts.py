@@ -1,4 +1,4 @@
-"""Cutouts (vo.images.cutouts) on the synthetic scene of test_detect.py: stamps, edges, files."""
+"""Cutouts (vo.images.detect.cutouts) on the synthetic scene of test_detect.py: stamps, edges, files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from astropy.table import Table
 
 from test_detect import BAD_COLUMN_FLAGGED, NAN_COLUMNS, synthetic_scene
 from vo.images import flags as pixflags
-from vo.images.cutouts import (STAMPS, CutoutsError, make_cutouts, read_cutouts,
+from vo.images.detect.cutouts import (STAMPS, CutoutsError, make_cutouts, read_cutouts,
                                write_cutouts)
 from vo.images.detect import detect_candidates
 

@@ -18,14 +18,14 @@ from test_ingest import PROJECT, Products, snapshot
 
 from vo.db import Session, Source, get_engine, init_db
 from vo.db import bulk
-from vo.db import ingest as ing
+from vo.ingest import lightcurves as ing
 from vo.db import models as m
-from vo.db import testing as dbtest
+from vo.ingest import testing as itest
 from vo.db.engine import has_q3c
-from vo.db.ingest_transients import write_transient_products
+from vo.ingest.transients import write_transient_products
 from vo.db.objects import MAX_CELL_LOCKS, associate_objects, lock_cells, lock_level
 from vo.db.spatial import cone_search
-from vo.images.associate import object_name
+from vo.sky import object_name
 
 N_PROC = 8
 
@@ -148,7 +148,7 @@ def _transient_job(url, provs, tasks, epochs, queue):
         out = []
         for e in tasks:
             ra, dec, bad, score, _ = epochs[e]
-            prod = dbtest.transient_products(provs, f"x{e:02d}", ra, dec, bad, score, radius=RADIUS)
+            prod = itest.transient_products(provs, f"x{e:02d}", ra, dec, bad, score, radius=RADIUS)
             out.append((e, ing.in_transaction(engine, write_transient_products, prod)))
         engine.dispose()
         queue.put(out)
@@ -159,8 +159,8 @@ def _transient_job(url, provs, tasks, epochs, queue):
 def test_eight_jobs_ingest_transients_and_share_objects(engine, db_url):
     """16 epochs of a field, each ingested twice (a job and its restart) by 8 concurrent
     jobs: every measurement once, every seen transient ONE object, bogus ones none."""
-    provs = dbtest.transient_provenances()
-    dbtest.insert_transient_parents(engine, provs, {f"x{e:02d}": 60310.0 + e for e in range(N_EPOCHS)})
+    provs = itest.transient_provenances()
+    itest.insert_transient_parents(engine, provs, {f"x{e:02d}": 60310.0 + e for e in range(N_EPOCHS)})
     (tra, tdec), epochs = _transient_sky()
     assert min(len(ep[0]) for ep in epochs) >= bulk.COPY_MIN_ROWS
     engine.dispose()  # no connection of this process crosses the fork
@@ -285,11 +285,11 @@ def _transient_rows(url, provs, epochs, copy_min_rows, monkeypatch) -> dict:
     monkeypatch.setattr(bulk, "COPY_MIN_ROWS", copy_min_rows)
     engine = get_engine(url)
     init_db(engine)
-    dbtest.insert_transient_parents(engine, provs, {f"x{e:02d}": 60310.0 + e for e in range(len(epochs))})
+    itest.insert_transient_parents(engine, provs, {f"x{e:02d}": 60310.0 + e for e in range(len(epochs))})
     for again in (False, True):
         for e, (ra, dec, bad, score, _) in enumerate(epochs):
             shift = 5.0 if again and e == 1 else 0.0  # epoch 1 re-made with other fluxes: updated
-            prod = dbtest.transient_products(provs, f"x{e:02d}", ra, dec, bad, score, flux_shift=shift, radius=RADIUS)
+            prod = itest.transient_products(provs, f"x{e:02d}", ra, dec, bad, score, flux_shift=shift, radius=RADIUS)
             ing.in_transaction(engine, write_transient_products, prod)
     M, S, O = m.Measurement, m.Score, m.SkyObject
     with Session(engine) as s:
@@ -306,7 +306,7 @@ def _transient_rows(url, provs, epochs, copy_min_rows, monkeypatch) -> dict:
 def test_copy_path_writes_what_executemany_writes_transients(postgres_server, monkeypatch):
     """Measurements, scores and objects of four epochs (each ingested twice, one changed) are the
     same through plain COPY (new CCDs), COPY + ON CONFLICT and executemany."""
-    provs = dbtest.transient_provenances()
+    provs = itest.transient_provenances()
     _, epochs = _transient_sky(seed=5)
     names = [postgres_server.create_database() for _ in range(2)]
     try:

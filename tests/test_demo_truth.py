@@ -1,7 +1,7 @@
 """Intrinsic variability of the DEMO survey: its truth, and the event finder checked against it.
 
 The end-to-end tests run the workflow's rule bodies (targets -> download -> reduce ->
-analysis, :mod:`vo.workflow`) on the first RA bins of the demo catalog in a temporary data
+analysis, :mod:`vo.pipeline.lightcurves`) on the first RA bins of the demo catalog in a temporary data
 root, then compare the real detections of the analysis with the truth stored in the raw
 store.  ``variable_fraction`` is raised to 0.8 there so that a few bins hold enough events;
 the injections (tested in test_simulator/test_analysis) are switched off to keep it fast.
@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from vo import config as vconfig
-from vo import workflow as wf
+from vo.pipeline import lightcurves as wf
 from vo.catalog import Catalog
 from vo.io import hdf5 as vh5
 from vo.lightcurves import simulator as vsim
@@ -24,7 +24,7 @@ from vo.lightcurves.analysis import read_analysis
 from vo.lightcurves.datasets import read_lightcurves
 from vo.lightcurves.observatories.demo import (FLARE_COLOUR, VirtualDemoObs, event_flux_factor,
                                                truth_events)
-from vo.lightcurves.reduce import mag_to_flux
+from vo.lightcurves.segments import mag_to_flux
 from vo.paths import Paths
 
 N_BINS = 4

@@ -13,10 +13,11 @@ from vo import config as vconfig
 from vo.images.instruments import get_instrument
 from vo.paths import Paths
 
-pytest.importorskip("vo.images.photometric",
-                    reason="vo.images.photometric (gaia_to_filter, the 'astrometry' helper's module) "
+pytest.importorskip("vo.images.photometry.photometric",
+                    reason="vo.images.photometry.photometric (gaia_to_filter, the 'astrometry' helper's module) "
                            "is not written yet; DemoCam needs it for star magnitudes")
-from vo.images import simulate as sim  # noqa: E402
+from vo.images.instruments.democam import plan  # noqa: E402
+from vo.images.instruments.democam import simulate as sim  # noqa: E402
 
 
 def make_cfg(tmp_path, **demo):
@@ -253,7 +254,7 @@ def test_saturation_bad_columns_cosmics(cfg, written):
             run = np.sum(col >= sat)
             assert run >= 1
         # bad columns: in the mask; dead ones read the bias level only
-        bad = sim.bad_columns(cfg, ccd)
+        bad = plan.bad_columns(cfg, ccd)
         assert sec.bad_pixel_mask is not None and sec.bad_pixel_mask.shape == data.shape
         assert sec.bad_pixel_mask.sum() == sum(data.shape[0] - r["y0"] for r in bad)
         for r in bad:

@@ -7,7 +7,7 @@ misalignment dipoles (a star shifted by 0.6 pix between new and reference), cosm
 single hot pixels, an unflagged bad column and a flagged one, and NaN columns at the CCD edge;
 plus the flux image alpha, its error and the score image S = alpha / sigma_alpha that ZOGY gives
 for white noise (the matched filter of the difference with its PSF: Zackay+16 eqs. 12-13). The
-sources are rendered with the pipeline's Moffat :class:`vo.images.psf.PSFModel` (FWHM 3 pix).
+sources are rendered with the pipeline's Moffat :class:`vo.images.extract.psf.PSFModel` (FWHM 3 pix).
 The injected S/N of a point source of flux F is ``F sqrt(sum P^2) / sigma`` with P its
 pixel-integrated PSF: the S/N of an optimal PSF fit.
 """
@@ -28,7 +28,7 @@ from vo.images import flags as pixflags
 from vo.images.detect import (COLUMNS, DetectionError, detect_candidates, merge_close,
                               read_candidates, write_candidates)
 from vo.images.image import Image
-from vo.images.psf import PSFModel
+from vo.images.extract.psf import PSFModel
 from vo.images.subtract.common import Difference
 from vo.io.fits import FitsError
 

@@ -20,7 +20,7 @@ from astropy.io.votable import from_table
 from astropy.table import Table
 
 from vo import config as vconfig
-from vo.images.excerpts import (COLUMNS, SOURCE_ID_SHIFT, CatalogOfflineError, DemoCamFetcher,
+from vo.images.astrometry.excerpts import (COLUMNS, SOURCE_ID_SHIFT, CatalogOfflineError, TableFetcher,
                                 ExcerptError, GaiaArchiveFetcher, Tile, footprint_mask,
                                 get_excerpt, get_tile, healpix_of, read_gaia_json, read_tile,
                                 tile_uniq, tiles_for_footprint)
@@ -65,7 +65,7 @@ class CountingFetcher:
     mag_limit = np.inf
 
     def __init__(self, catalog: Table, counter: Path, delay: float = 0.0):
-        self.inner = DemoCamFetcher(catalog=catalog)
+        self.inner = TableFetcher(catalog)
         self.counter, self.delay = counter, delay
 
     def fetch(self, tile):
@@ -162,14 +162,14 @@ def test_no_overlap_is_an_error(tmp_path):
     cfg = config(tmp_path)
     far = FOOTPRINT + [30.0, 40.0]
     with pytest.raises(ExcerptError, match="no gaia_dr3 star overlaps the footprint"):
-        get_excerpt(Paths(cfg), cfg, far, DemoCamFetcher(catalog=fake_catalog()))
+        get_excerpt(Paths(cfg), cfg, far, TableFetcher(fake_catalog()))
     with pytest.raises(ExcerptError, match="footprint must be"):
-        get_excerpt(Paths(cfg), cfg, [[1.0, 2.0]], DemoCamFetcher(catalog=fake_catalog()))
+        get_excerpt(Paths(cfg), cfg, [[1.0, 2.0]], TableFetcher(fake_catalog()))
 
 
 def test_cached_tile_with_brighter_limit_is_an_error(tmp_path):
     cfg = config(tmp_path, mag_limit=19.0)
-    fetcher = DemoCamFetcher(catalog=fake_catalog())
+    fetcher = TableFetcher(fake_catalog())
     fetcher.mag_limit = 19.0
     get_excerpt(Paths(cfg), cfg, FOOTPRINT, fetcher)
     cfg["catalog_excerpts"]["mag_limit"] = 21.0
@@ -177,9 +177,9 @@ def test_cached_tile_with_brighter_limit_is_an_error(tmp_path):
         get_excerpt(Paths(cfg), cfg, FOOTPRINT, fetcher)
 
 
-def test_democam_fetcher_needs_a_source():
-    with pytest.raises(ValueError):
-        DemoCamFetcher()
+def test_table_fetcher_needs_a_catalog():
+    with pytest.raises(ValueError, match="needs a catalog"):
+        TableFetcher(None)
 
 
 def _worker(args):

@@ -12,8 +12,8 @@ from astropy.wcs import WCS
 from scipy import ndimage
 
 from vo.images import flags as pixflags
-from vo.images.forced import forced_photometry, forced_photometry_sky, shifted_stamps
-from vo.images.psf import PSFModel
+from vo.images.detect.forced import forced_photometry, forced_photometry_sky, shifted_stamps
+from vo.images.extract.psf import PSFModel
 
 DECAM = Path(__file__).parent / "data" / "decam" / "DEC-OBS04a.mini.fits"
 

@@ -1,10 +1,10 @@
 """DemoCam accuracy bars of the image pipeline, checked against the simulation's truth table.
 
-The real rule bodies (:mod:`vo.images.rules`: simulate, master bias/flat, preprocess,
+The real rule bodies (:mod:`vo.pipeline.images`: simulate, master bias/flat, preprocess,
 extract, astrometry, zero point) run in a temporary data root on a small DemoCam config: one
 1024x1024 CCD, the best- and worst-seeing exposures of six planned (0.9" and 1.8" FWHM at
 0.5"/pix for the default seed; both with transients).  Then, per
-exposure, against the truth (:func:`vo.images.simulate.read_truth`):
+exposure, against the truth (:func:`vo.images.instruments.democam.simulate.read_truth`):
 
 * astrometry: the fitted WCS evaluated at the TRUE pixel positions of every star on the CCD
   vs the TRUE sky positions (the accuracy of the WCS itself: rms < 0.05"), and the solver's
@@ -39,7 +39,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from vo import config as vconfig
-from vo.images import rules as R
+from vo.pipeline import images as R
 
 CCD_SHAPE = [1024, 1024]
 N_EXPOSURES = 6  # planned; the best- and worst-seeing ones of these are run
@@ -56,7 +56,7 @@ def demo_config(root, **democam) -> dict:
 
 def extreme_seeing(cfg: dict) -> list[str]:
     """The best- and the worst-seeing planned exposures (only these are simulated)."""
-    from vo.images.simulate import exposure_plan
+    from vo.images.instruments.democam.plan import exposure_plan
 
     names = sorted(R.exposures(cfg), key=lambda e: exposure_plan(cfg, e)["fwhm"])
     return [names[0], names[-1]]
@@ -98,8 +98,8 @@ def load_result(cfg: dict, exposure: str, io: tuple[dict, dict]) -> Result:
     from vo.images.astrometry import read_wcs
     from vo.images.extract import read_sources
     from vo.images.image import read_image
-    from vo.images.simulate import read_truth
-    from vo.images.zeropoint import read_zp
+    from vo.images.instruments.democam.simulate import read_truth
+    from vo.images.photometry.zeropoint import read_zp
     from vo.paths import Paths
 
     inputs, outputs = io
@@ -117,7 +117,7 @@ def load_result(cfg: dict, exposure: str, io: tuple[dict, dict]) -> Result:
 # -- measures -------------------------------------------------------------------------------
 def true_snr(r: Result) -> np.ndarray:
     """Expected S/N of each truth source: flux / sqrt(flux + NEA (sky + rn^2)), NEA of the true PSF."""
-    from vo.images.simulate import moffat_neff
+    from vo.images.instruments.democam.render import moffat_neff
 
     nea = moffat_neff(np.asarray(r.truth["fwhm"]), r.beta)
     flux = np.asarray(r.truth["flux"], float)

@@ -1,7 +1,7 @@
 """Bad input to the image pipeline: a clear error naming the file and the problem, and no
 partial output (neither the product nor a temporary file is left behind).
 
-Everything runs through the rule bodies of :mod:`vo.images.rules` on a small DemoCam
+Everything runs through the rule bodies of :mod:`vo.pipeline.images` on a small DemoCam
 config: a truncated raw file and a truncated image, a missing HDU (the image's WEIGHT, the
 raw file's CCD), all-NaN and all-saturated raw data, an image with no stars, and an image
 whose header WCS points at a sky region without catalog stars (no excerpt overlap): that one
@@ -12,7 +12,6 @@ after it is written flagged too, with the log line "skipped: astrometry failed".
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 from astropy.io import fits
 
 from vo import config as vconfig
-from vo.images import rules as R
+from vo.pipeline import images as R
 from vo.io.fits import FitsError
 
 EXPOSURE = "dc_f00_r_000"
@@ -168,9 +167,9 @@ def test_image_with_no_stars(demo, tmp_path):
 # -- astrometry and zero point: no catalog overlap ---------------------------------------------
 def test_excerpt_without_overlap_flags_wcs_and_zero_point(demo, tmp_path, caplog):
     from vo.images.astrometry import read_wcs
-    from vo.images.excerpts import ExcerptError, get_excerpt
+    from vo.images.astrometry.excerpts import ExcerptError, get_excerpt
     from vo.images.image import read_image, write_image
-    from vo.images.zeropoint import read_zp
+    from vo.images.photometry.zeropoint import read_zp
     from vo.paths import Paths
 
     cfg, ccd, io = demo

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from vo import provenance as vprov
 from vo.db import Session, get_engine, init_db
-from vo.db import ingest as ing
+from vo.ingest import lightcurves as ing
+from vo.ingest.populate import populate
 from vo.db import models as m
 from vo.io import hdf5 as vh5
 from vo.io.atomic import checksum
@@ -284,7 +285,7 @@ def test_concurrent_ingest_jobs(db_url, products):
 def demo_run(tmp_path_factory):
     """One RA bin of the demo project made by the workflow's rule bodies (real files)."""
     from vo import config as vconfig
-    from vo import workflow as wf
+    from vo.pipeline import lightcurves as wf
     from vo.catalog import Catalog
 
     root = tmp_path_factory.mktemp("demo") / "data"
@@ -338,7 +339,7 @@ def test_ingest_bin_and_populate_rebuild_the_same_rows(demo_run, db_url, tmp_pat
 
     # a second, empty database rebuilt from the files alone
     other = f"sqlite:///{tmp_path / 'populated.sqlite'}"
-    counts_ = ing.populate({**cfg, "database": {**cfg["database"], "url": other}})
+    counts_ = populate({**cfg, "database": {**cfg["database"], "url": other}})
     assert counts_["lightcurves"] == n_lcs and counts_["detections"] == n_det
     populated = get_engine(other)
     assert content(populated) == expected

@@ -27,8 +27,10 @@ from astropy_healpix import HEALPix
 
 from vo import provenance as vprov
 from vo.db import Session, get_engine
-from vo.db import ingest as ing
-from vo.db import ingest_images as ii
+from vo.ingest import lightcurves as ing
+from vo.ingest.populate import populate
+from vo.ingest import images as ii
+from vo.ingest import tiles as tiles_ingest
 from vo.db import models as m
 from vo.db.engine import has_q3c
 from vo.db.spatial import cone_search
@@ -514,9 +516,9 @@ def write_tile(root, catalog, nside, tile, n, **extra) -> Path:
 
 def test_catalog_excerpt_tiles(engine, root):
     tiles = [write_tile(root, "gaia_dr3", 32, t, n) for t, n in ((100, 50), (101, 7), (5000, 0))]
-    assert ii.ingest_excerpt_tiles(engine, config(root), tiles) == 3
+    assert tiles_ingest.ingest_excerpt_tiles(engine, config(root), tiles) == 3
     first = content(engine)["catalog_excerpts"]
-    assert ii.ingest_excerpt_tiles(engine, config(root), tiles) == 3
+    assert tiles_ingest.ingest_excerpt_tiles(engine, config(root), tiles) == 3
     assert content(engine)["catalog_excerpts"] == first
     hp = HEALPix(nside=32, order="nested")
     with Session(engine) as s:
@@ -534,12 +536,12 @@ def test_catalog_excerpt_tiles(engine, root):
         assert [r.tile for r in cone_search(s, m.CatalogExcerpt, rows[0].ra, rows[0].dec, 0.5)] == [100]
     bad = write_tile(root, "gaia_dr3", 32, 12 * 32 * 32, 1)
     with pytest.raises(ing.IngestError, match=r"tile012288.fits: HEALPix pixel 12288 outside 0..12287"):
-        ii.ingest_excerpt_tiles(engine, config(root), tiles + [bad])
+        tiles_ingest.ingest_excerpt_tiles(engine, config(root), tiles + [bad])
     nostars = write_tile(root, "gaia_dr3", 32, 7, 3)
     with fits.open(nostars, mode="update") as hdul:
         del hdul[0].header["N_STARS"]
     with pytest.raises(ing.IngestError, match="tile000007.fits: header keyword N_STARS or NROWS missing"):
-        ii.ingest_excerpt_tiles(engine, config(root), [nostars])
+        tiles_ingest.ingest_excerpt_tiles(engine, config(root), [nostars])
     assert counts(engine)["catalog_excerpts"] == 3
 
 
@@ -556,11 +558,11 @@ def test_populate_rebuilds_the_same_rows(db_url, root, tmp_path):
     direct = get_engine(f"sqlite:///{tmp_path / 'direct.sqlite'}")
     for c in ccds + old + skipped:
         ingest(direct, root, c)
-    ii.ingest_excerpt_tiles(direct, config(root), tiles)
+    tiles_ingest.ingest_excerpt_tiles(direct, config(root), tiles)
     expected = content(direct)
     direct.dispose()
 
-    got = ing.populate(config(root, db_url))
+    got = populate(config(root, db_url))
     assert got["images"] == 7 and got["world_coordinates"] == 7 and got["zero_points"] == 7
     assert got["exposures"] == 3 and got["catalog_excerpts"] == 2 and got["provenances"] == 6
     engine = get_engine(db_url)
@@ -572,8 +574,8 @@ def test_populate_rebuilds_the_same_rows(db_url, root, tmp_path):
 
 
 def test_tiles_written_by_the_excerpt_module(engine, root):
-    """Tiles as :mod:`vo.images.excerpts` writes them (HPXPIX, NROWS, HPXORDER; NUNIQ file names)."""
-    excerpts = pytest.importorskip("vo.images.excerpts")
+    """Tiles as :mod:`vo.images.astrometry.excerpts` writes them (HPXPIX, NROWS, HPXORDER; NUNIQ file names)."""
+    excerpts = pytest.importorskip("vo.images.astrometry.excerpts")
     from vo.paths import Paths
 
     nside, paths = 64, Paths(config(root))
@@ -585,7 +587,7 @@ def test_tiles_written_by_the_excerpt_module(engine, root):
         path = paths.excerpt_tile("gaia_dr3", 4 * nside ** 2 + ipix)
         excerpts.write_tile(excerpts.Tile("gaia_dr3", nside, ipix, path), table, np.inf, "test")
         written.append(path)
-    assert ii.ingest_excerpt_tiles(engine, config(root), written) == 2
+    assert tiles_ingest.ingest_excerpt_tiles(engine, config(root), written) == 2
     with Session(engine) as s:
         rows = s.execute(sa.select(m.CatalogExcerpt.tile, m.CatalogExcerpt.nside, m.CatalogExcerpt.n_stars,
                                    m.CatalogExcerpt.ordering).order_by(m.CatalogExcerpt.tile)).all()

@@ -1,9 +1,9 @@
 """Transient ingest, association and alert packets on SQLite and a real PostgreSQL server.
 
-The products are made by the real rule bodies (:mod:`vo.images.rules`) on a small DemoCam
+The products are made by the real rule bodies (:mod:`vo.pipeline.images`) on a small DemoCam
 config in a temporary data root: one 512x512 CCD, four epochs of one field, the first two
 coadded into the reference, the last two subtracted, detected, cut out and measured.  The
-real/bogus scores are those of the braai ``d6_m7`` scorer (:mod:`vo.images.score`) on the
+real/bogus scores are those of the braai ``d6_m7`` scorer (:mod:`vo.images.realbogus.score`) on the
 cutouts.  DemoCam's transients sit at fixed sky positions in every new epoch (truth tables),
 so a transient detected in both new epochs must get ONE object.
 """
@@ -22,37 +22,24 @@ from vo import config as vconfig
 from vo import provenance as vprov
 from vo.db import Session, get_engine
 from vo.db import models as m
-from vo.db.ingest import IngestError
-from vo.db.ingest_images import ingest_image_products
-from vo.db.ingest_transients import ingest_reference, ingest_transient_products, read_transient_products
+from vo.ingest.lightcurves import IngestError
+from vo.ingest.images import ingest_image_products
+from vo.ingest.transients import ingest_reference, ingest_transient_products, read_transient_products
 from vo.images import alerts as valerts
-from vo.images import rules as R
-from vo.images.alert_packets import build_alerts, undetected_forced_photometry, write_exposure_alerts
-from vo.images.associate import unit_vectors
+from vo.pipeline import images as R
+from vo.pipeline.alert_packets import build_alerts, undetected_forced_photometry, write_exposure_alerts
+from vo.sky import unit_vectors
 from vo.io.fits import read_provenance
 
 PROJECT = "ITEST"
 MATCH_ARCSEC = 1.0
 
 
-def _scoring_attrs(cfg: dict, measurements_file: str) -> dict:
-    """Provenance attributes of a score file made from ``measurements_file``."""
-    if "scoring" in vprov.STEPS:
-        return R.file_attrs(cfg, "scoring")
-    from vo.images import score
-
-    up = read_provenance(fits.getheader(measurements_file))
-    p = vprov.Provenance("scoring", up["obs"], score.CODE_VERSION, vconfig.critical_subset(cfg, "scoring"),
-                         {f"measurements.{up['obs']}": up["provenance_hash"]})
-    return {"step": p.step, "obs": p.obs, "provenance_hash": p.hash, "code_version": p.code_version,
-            "parameters": p.parameters, "upstreams": p.upstreams, "project": PROJECT}
-
-
 def _write_scores(cfg: dict, cutouts_file: str, measurements_file: str) -> str:
     """braai scores of the measured candidates, one row per measurement row."""
-    from vo.images import score
-    from vo.images.cutouts import read_cutouts
-    from vo.images.measure import read_measurements
+    from vo.images.realbogus import score
+    from vo.images.detect.cutouts import read_cutouts
+    from vo.images.detect.measure import read_measurements
 
     cut, meas = read_cutouts(cutouts_file), read_measurements(measurements_file)
     index = {int(c): i for i, c in enumerate(cut.candidates["id"])}
@@ -60,7 +47,7 @@ def _write_scores(cfg: dict, cutouts_file: str, measurements_file: str) -> str:
     table = score.score(meas, {k: getattr(cut, k)[rows] for k in ("new", "ref", "sub")}, "braai_d6_m7",
                         pars=cfg["scoring"])
     path = measurements_file.replace(".measurements.fits", ".scores.fits")
-    score.write_scores(path, table, _scoring_attrs(cfg, measurements_file))
+    score.write_scores(path, table, R.file_attrs(cfg, "scoring"))
     return path
 
 
@@ -131,7 +118,7 @@ def _measurement_rows(engine):
 
 
 def _truth_transients(p, exposure):
-    from vo.images.simulate import read_truth
+    from vo.images.instruments.democam.simulate import read_truth
     from vo.paths import Paths
 
     t = read_truth(Paths(p["cfg"]).raw_truth(R.instrument_key(p["cfg"]), exposure))
@@ -148,7 +135,7 @@ def _nearest(ra, dec, ra0, dec0):
 
 # -- tests ------------------------------------------------------------------------------------
 def test_rows_association_and_idempotency(engine, products):
-    from vo.images.measure import read_measurements
+    from vo.images.detect.measure import read_measurements
 
     p = products
     counts = _ingest_all(engine, p)
@@ -246,7 +233,7 @@ def test_upstream_rows_required(engine, products):
 
 def test_mismatched_files_are_refused(products):
     """Files that were not made from each other: an error naming them, before any write."""
-    from vo.images.measure import read_measurements, write_measurements
+    from vo.images.detect.measure import read_measurements, write_measurements
 
     p = products
     a, b = (p["files"][e] for e in p["new"])
@@ -311,8 +298,8 @@ def test_concurrent_epochs_share_objects(engine, db_url, products):
 
 
 def test_alert_packets(engine, products, tmp_path):
-    from vo.images.cutouts import read_cutouts
-    from vo.images.measure import read_measurements
+    from vo.images.detect.cutouts import read_cutouts
+    from vo.images.detect.measure import read_measurements
 
     p = products
     _ingest_all(engine, p)
@@ -404,7 +391,7 @@ def test_forced_photometry_of_undetected_objects(engine, products, tmp_path):
     # the alerts rule's table of them: one row each, read back with astropy
     from astropy.table import Table
 
-    from vo.images.alert_packets import write_forced_table
+    from vo.pipeline.alert_packets import write_forced_table
 
     path = tmp_path / f"{second}.forced.fits"
     write_forced_table(path, recs)

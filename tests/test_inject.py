@@ -15,7 +15,7 @@ from vo.images import flags as pixflags
 from vo.images import inject as I
 from vo.images.extract import extract
 from vo.images.image import Image
-from vo.images.psf import PSFModel
+from vo.images.extract.psf import PSFModel
 from vo.io.fits import FitsError
 
 FWHM, BETA = 3.0, 3.0

@@ -1,4 +1,4 @@
-"""Measurements and analytic cuts (vo.images.measure) on the synthetic scene of test_detect.py.
+"""Measurements and analytic cuts (vo.images.detect.measure) on the synthetic scene of test_detect.py.
 
 Each candidate is labelled by the truth table (real transient, fading source, misalignment
 dipole, cosmic-ray hot pixel, source at the CCD edge, bad column) and the features and cuts are
@@ -21,9 +21,9 @@ from test_detect import (BAD_COLUMN, BAD_COLUMN_FLAGGED, BAD_ROWS, FWHM, NAN_COL
                          synthetic_scene)
 from vo import config as vconfig
 from vo.images import flags as pixflags
-from vo.images.cutouts import make_cutouts
+from vo.images.detect.cutouts import make_cutouts
 from vo.images.detect import detect_candidates
-from vo.images.measure import (FEATURES, MeasureError, apply_cuts, check_cuts, measure,
+from vo.images.detect.measure import (FEATURES, MeasureError, apply_cuts, check_cuts, measure,
                                measure_features, stamp_fwhm, read_measurements, shift_stamp,
                                write_measurements)
 from vo.io.fits import FitsError

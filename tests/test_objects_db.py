@@ -14,7 +14,7 @@ from astropy_healpix import HEALPix
 from vo.db import Session, get_engine, init_db
 from vo.db import models as m
 from vo.db.objects import associate_measurements, associate_objects, lock_cells, lock_level
-from vo.images.associate import object_name
+from vo.sky import object_name
 
 N_WORKERS = 8
 MJD = 60310.3  # 2024-01-05

@@ -8,7 +8,7 @@ import yaml
 from astropy.io import fits
 
 from vo import config as vconfig
-from vo import status as vstatus
+from vo.pipeline import status as vstatus
 from vo.paths import Paths
 from workflow_helpers import REPO, job_counts, smk
 

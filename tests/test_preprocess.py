@@ -1,4 +1,4 @@
-"""Preprocessing (vo.images.preprocess) and image files (vo.images.image).
+"""Preprocessing (vo.images.calibrate.preprocess) and image files (vo.images.image).
 
 Raw sections are built here from synthetic arrays with a truth table (:func:`make_section`):
 two amplifiers with overscan strips, a bias level with row structure and a fixed 2-D bias
@@ -23,7 +23,8 @@ from vo import config as vconfig
 from vo.images import flags as pixflags
 from vo.images.image import Image, read_image, write_image
 from vo.images.instruments.base import RawSection
-from vo.images.preprocess import detect_cosmic_rays, preprocess
+from vo.images.calibrate.flagging import detect_cosmic_rays
+from vo.images.calibrate.preprocess import preprocess
 from vo.io.fits import FitsError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""PSF model (vo.images.psf): the Moffat profile, its derivatives, fits of spatially varying PSFs
+"""PSF model (vo.images.extract.psf): the Moffat profile, its derivatives, fits of spatially varying PSFs
 against an independent renderer, and the PSF file."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from vo.images.psf import (PSFModel, fit_psf_model, fit_stars, moffat_fwhm, moffat_pixels,
+from vo.images.extract.psf import (PSFModel, fit_psf_model, fit_stars, moffat_fwhm, moffat_pixels,
                            n_terms, read_psf, stamp_grid, write_psf)
 from vo.io.fits import FitsError
 
@@ -167,11 +167,11 @@ def test_fit_stars_local_sky_keeps_beta_and_flux():
 
 
 def test_democam_rendering_is_the_pixel_integrated_model():
-    """DemoCam stars (vo.images.simulate.render_point_sources) are the Moffat integrated over
+    """DemoCam stars (vo.images.instruments.democam.simulate.render_point_sources) are the Moffat integrated over
     each pixel, normalised to the total flux: they agree with the PSF model's pixel integral
     (3x3 Gauss-Legendre points, 5e-5 accurate) to 1e-3 of the peak pixel even at FWHM 1.6 pix,
     and the stamp holds all but the far wings (< 0.2%) of the flux."""
-    from vo.images.simulate import moffat_alpha, render_point_sources
+    from vo.images.instruments.democam.render import moffat_alpha, render_point_sources
 
     beta = 3.0
     for fwhm in (1.6, 3.6):

@@ -8,6 +8,7 @@ import pytest
 
 from vo import config as vconfig
 from vo.lightcurves import reduce as vreduce
+from vo.lightcurves import segments as vseg
 from vo.lightcurves.datasets import Lightcurve
 
 PARS = vconfig.defaults()["DEMO"]["reducer"]
@@ -54,12 +55,12 @@ def reference_clip(x, sigma=3.5, iters=5):
 def test_mag_flux_round_trip():
     mag = np.array([10.0, 17.5, 23.9, 25.0])
     magerr = np.array([0.01, 0.05, 0.1, 0.3])
-    flux, fluxerr = vreduce.mag_to_flux(mag, magerr)
+    flux, fluxerr = vseg.mag_to_flux(mag, magerr)
     assert flux[2] == pytest.approx(1.0)  # 23.9 AB mag = 1 uJy
     assert flux[0] / flux[1] == pytest.approx(10 ** (0.4 * 7.5))
     np.testing.assert_allclose(fluxerr, flux * magerr * 0.4 * np.log(10))
-    np.testing.assert_allclose(vreduce.flux_to_mag(flux), mag, rtol=0, atol=1e-12)
-    assert np.isnan(vreduce.flux_to_mag([-1.0, 0.0])).all()
+    np.testing.assert_allclose(vseg.flux_to_mag(flux), mag, rtol=0, atol=1e-12)
+    assert np.isnan(vseg.flux_to_mag([-1.0, 0.0])).all()
 
 
 def test_split_seasons():
@@ -129,7 +130,7 @@ def test_sigma_clip_robust_to_outliers():
     x = rng.normal(100.0, 2.0, 2000)
     x[:200] = rng.uniform(150, 1000, 200)  # 10 % wild outliers
     x[200:205] = np.nan
-    mean, rms, keep = vreduce.sigma_clipped_stats(x)
+    mean, rms, keep = vseg.sigma_clipped_stats(x)
     assert mean == pytest.approx(100.0, abs=0.2)
     assert rms == pytest.approx(2.0, rel=0.1)
     assert not keep[:205].any()
@@ -144,14 +145,14 @@ def test_segment_clip_matches_reference_and_is_independent():
             sg[:2] = [np.nan, 1e4]
     segs[3] = np.full(10, 5.0)  # zero width: nothing clipped
     starts = np.cumsum([0] + [len(s) for s in segs[:-1]])
-    mean, rms, keep = vreduce.segment_clipped_stats(np.concatenate(segs), starts)
+    mean, rms, keep = vseg.segment_clipped_stats(np.concatenate(segs), starts)
     for i, sg in enumerate(segs):
         m, s, k = reference_clip(sg)
         np.testing.assert_allclose(mean[i], m, rtol=1e-12, equal_nan=True)
         np.testing.assert_allclose(rms[i], s, rtol=1e-9, equal_nan=True)
         np.testing.assert_array_equal(keep[starts[i]:starts[i] + len(sg)], k)
     # a segment's result does not depend on the others (bit for bit)
-    m2, s2, _ = vreduce.segment_clipped_stats(np.concatenate(segs[7:]), starts[7:] - starts[7])
+    m2, s2, _ = vseg.segment_clipped_stats(np.concatenate(segs[7:]), starts[7:] - starts[7])
     np.testing.assert_array_equal(mean[7:], m2)
     np.testing.assert_array_equal(rms[7:], s2)
 
@@ -160,7 +161,7 @@ def test_add_snr_columns_rescales_underestimated_errors():
     rng = np.random.default_rng(6)
     flux = 1000 + 20 * rng.standard_normal(3000)
     df = pd.DataFrame({"flux": flux, "fluxerr": np.full(3000, 10.0)})  # errors 2x too small
-    df, stats = vreduce.add_snr_columns(df)
+    df, stats = vseg.add_snr_columns(df)
     assert stats["err_scale"] == pytest.approx(2.0, rel=0.05)
     assert stats["flux_mean"] == pytest.approx(1000, abs=1.5)
     np.testing.assert_allclose(df["snr"], flux / 10.0)
@@ -187,9 +188,9 @@ def test_segment_clip_is_independent_with_nonfinite_and_unclipped_segments():
             rng.normal(0, 1, 5000), np.array([np.nan]), rng.normal(5, 2, 7), np.zeros(0),
             np.append(rng.normal(0, 1, 300), [50.0, np.nan])]
     starts = np.cumsum([0] + [len(s) for s in segs[:-1]])
-    mean, rms, keep = vreduce.segment_clipped_stats(np.concatenate(segs), starts)
+    mean, rms, keep = vseg.segment_clipped_stats(np.concatenate(segs), starts)
     for i, sg in enumerate(segs):
-        m, s, k = vreduce.segment_clipped_stats(sg, [0])
+        m, s, k = vseg.segment_clipped_stats(sg, [0])
         np.testing.assert_array_equal(mean[i], m[0])
         np.testing.assert_array_equal(rms[i], s[0])
         np.testing.assert_array_equal(keep[starts[i]:starts[i] + len(sg)], k)

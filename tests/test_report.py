@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from vo import config as vconfig
-from vo import status as vstatus
+from vo.pipeline import status as vstatus
 from vo.paths import Paths
 from workflow_helpers import smk
 

@@ -29,7 +29,6 @@ Between two uninterrupted runs every other byte of every product is equal.
 """
 
 import fnmatch
-import hashlib
 import json
 import os
 import random
@@ -47,6 +46,7 @@ import psutil
 import pytest
 import yaml
 
+from vo.io.compare import db_rows, differences, digest, digests, products, temporaries
 from workflow_helpers import REPO, smk, smk_env, snakemake_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -62,9 +62,6 @@ CONFIG = {
                 "n_bias": 2, "n_flats": 2},
     "references": {"min_images": 1},
 }
-#: Folders of the data root that are not products.
-NOT_PRODUCTS = {"logs", "benchmarks"}
-VOLATILE_ATTRS = {"downloaded_at"}
 #: Run the light-curve pipeline only, and what it makes (raw stores and step folders).
 LIGHTCURVES_ONLY = ("--until", "ingest", "plots")
 LIGHTCURVE_PRODUCT = re.compile(r"^(DEMO/|RESTART/(targets|download|reduce|analysis|combine|ingest)-)")
@@ -130,135 +127,6 @@ def job_process(workdir, rule, log):
 
 
 # -- what a run left --------------------------------------------------------------------
-def products(root):
-    """{path relative to the data root: path} of the products (final names only)."""
-    root = Path(root)
-    out = {}
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if (path.is_file() and not NOT_PRODUCTS & set(rel.parts) and path.suffix != ".lock"
-                and not path.name.startswith((".", "vo.sqlite"))):
-            out[rel.as_posix()] = path
-    return out
-
-
-def temporaries(root):
-    """Files left under temporary names by atomic writes (``.{stem}.XXXX.tmp{suffix}``)."""
-    return sorted(p for p in Path(root).rglob(".*") if ".tmp" in p.name)
-
-
-def _h(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:20]
-
-
-def _array(a, root):
-    a = np.asarray(a)
-    if a.dtype.kind in "OSUV":
-        return _h(repr(a.tolist()).replace(root, "<ROOT>").encode())
-    return _h(f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes())
-
-
-def _text(value, root):
-    return repr(value).replace(root, "<ROOT>")
-
-
-def _fits(path, root):
-    from astropy.io import fits
-
-    out = {}
-    with fits.open(path, memmap=False) as hdul:
-        for i, hdu in enumerate(hdul):
-            name = f"HDU {i} ({hdu.name})"
-            for card in hdu.header.cards:
-                out[f"{name} card {card.keyword}"] = _text(card.value, root)
-            if hdu.data is None:
-                continue
-            if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
-                for col in hdu.columns.names:
-                    out[f"{name} column {col}"] = _array(hdu.data[col], root)
-            else:
-                out[f"{name} data"] = _array(hdu.data, root)
-    return out
-
-
-def _hdf5(path, root):
-    import h5py
-
-    out = {}
-
-    def visit(name, obj):
-        for key, value in obj.attrs.items():
-            if key not in VOLATILE_ATTRS:
-                out[f"{name} attr {key}"] = _text(value, root)
-        if isinstance(obj, h5py.Dataset):
-            out[f"{name} data"] = _array(obj[()], root)
-
-    with h5py.File(path, "r") as f:
-        visit("/", f)
-        f.visititems(visit)
-    return out
-
-
-def _netcdf(path, root):
-    import xarray as xr
-
-    with xr.open_dataset(path) as ds:
-        out = {f"attr {k}": _text(v, root) for k, v in ds.attrs.items()}
-        for name, var in ds.variables.items():
-            out[f"{name} data"] = _array(var.values, root)
-            out.update({f"{name} attr {k}": _text(v, root) for k, v in var.attrs.items()})
-    return out
-
-
-def _avro(path, root):
-    from fastavro import reader
-
-    with open(path, "rb") as f:
-        return {f"record {i}": _h(_text(r, root).encode()) for i, r in enumerate(reader(f))}
-
-
-def _png(path, root):
-    from matplotlib.image import imread
-
-    return {"pixels": _array(imread(path), root)}
-
-
-def _json(path, root):
-    doc = json.loads(Path(path).read_text())
-    for source in doc.get("sources", []) if "download_params" in doc else []:
-        if source["status"] == "skipped":  # a manifest: stored by an earlier (killed) run
-            source["status"] = "downloaded"
-    if "objects_created" in doc.get("counts", {}):  # an association receipt
-        del doc["counts"]["objects_created"], doc["counts"]["associated"]
-    return {"json": _h(_text(doc, root).encode())}
-
-
-def _plain(path, root):
-    return {"text": _h(Path(path).read_text().replace(root, "<ROOT>").encode())}
-
-
-READERS = {".fits": _fits, ".h5": _hdf5, ".nc": _netcdf, ".avro": _avro, ".png": _png, ".json": _json}
-
-
-def digest(path, root):
-    """{part of the file: hash of its content} (see the module docstring)."""
-    return READERS.get(Path(path).suffix, _plain)(path, str(root))
-
-
-def digests(root):
-    return {rel: digest(path, root) for rel, path in sorted(products(root).items())}
-
-
-def differences(got: dict, want: dict) -> dict:
-    """{file: first differing parts} of two :func:`digests` (files in both)."""
-    out = {}
-    for rel in sorted(set(got) & set(want)):
-        bad = [k for k in sorted(set(got[rel]) | set(want[rel])) if got[rel].get(k) != want[rel].get(k)]
-        if bad:
-            out[rel] = bad[:5]
-    return out
-
-
 def check_raw_stores(root) -> dict:
     """Open every raw store and read every source completely; {store: keys}.  A killed
     write's temporary copy (``.{stem}.XXXX.tmp.h5``, removed by the next attempt) is not a store."""
@@ -288,27 +156,6 @@ def held_locks(root) -> list:
         except Timeout:
             held.append(path)
     return held
-
-
-def db_rows(root) -> dict:
-    """{table: sorted rows without ids, created_at and the raw stores' checksums}, plus
-    ``measurement_objects``: which object each measurement belongs to."""
-    con = sqlite3.connect(Path(root) / "vo.sqlite")
-    try:
-        out = {}
-        tables = [r[0] for r in con.execute(
-            "select name from sqlite_master where type = 'table' and name not like 'sqlite_%'")]
-        for table in tables:
-            cols = [r[1] for r in con.execute(f"pragma table_info(\"{table}\")")
-                    if r[1] != "id" and not r[1].endswith("_id") and r[1] != "created_at"
-                    and (table, r[1]) != ("raw_photometry", "checksum")]
-            out[table] = sorted(repr(r) for r in con.execute(f"select {', '.join(cols)} from \"{table}\""))
-        out["measurement_objects"] = sorted(repr(r) for r in con.execute(
-            "select m.filename, m.row_index, o.name from measurements m "
-            "left join objects o on m.object_id = o.id"))
-        return out
-    finally:
-        con.close()
 
 
 def duplicates(root) -> dict:

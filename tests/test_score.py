@@ -16,8 +16,8 @@ import pytest
 from astropy.table import Table
 
 from vo import config as vconfig
-from vo.images import score as S
-from vo.images.psf import moffat_pixels
+from vo.images.realbogus import score as S
+from vo.images.extract.psf import moffat_pixels
 
 SIZE = 41
 FWHM = 3.0

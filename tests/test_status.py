@@ -12,7 +12,7 @@ import yaml
 from astropy.io import fits
 
 from vo import config as vconfig
-from vo import status as vstatus
+from vo.pipeline import status as vstatus
 from vo.db.engine import get_engine
 from vo.paths import Paths
 from workflow_helpers import REPO, smk
@@ -107,7 +107,7 @@ def test_flagged_failed_missing_and_earlier_hashes(small_run, tmp_path):
     wcs = P.product("wcs", "DEMOCAM", exposure=exposures[0], ccd="C01")
     fits.setval(wcs, "ASTR_OK", value=False)
     fits.setval(wcs, "ASTR_MSG", value="too few matches")
-    from vo.images.skipped import write_skipped
+    from vo.pipeline.skipped import write_skipped
     receipt = P.product("ingest_images", "DEMOCAM", exposure=exposures[1], ccd="C01")
     write_skipped(receipt, "no good input")
     # failed: extraction of a corrupted image, run by Snakemake
@@ -160,7 +160,7 @@ def test_flagged_failed_missing_and_earlier_hashes(small_run, tmp_path):
 def test_database_rows_on_both_backends(small_run, db_url):
     """Rows per provenance read from SQLite or PostgreSQL, filled by ``vo populate`` from the
     run's files, equal those the workflow's ingest rules wrote."""
-    from vo.db import ingest
+    from vo.ingest import populate as ingest
 
     root, cfgfile = small_run
     cfg = load_cfg(root, cfgfile, database={"url": db_url})

@@ -37,11 +37,11 @@ from astropy.io import fits
 from scipy import ndimage, stats
 from scipy.spatial import cKDTree
 
-from vo.images.background import measure_background
+from vo.images.extract.background import measure_background
 from vo.images.extract import extract
 from vo.images import flags as pixflags
 from vo.images.image import Image
-from vo.images.preprocess import detect_cosmic_rays
+from vo.images.calibrate.flagging import detect_cosmic_rays
 from vo.images.subtract import subtract
 
 DATA = Path(__file__).parent / "data" / "decam"

@@ -9,7 +9,7 @@ import pytest
 import scipy.fft as sfft
 from scipy import ndimage
 
-from vo.images.background import measure_background, subtract_background
+from vo.images.extract.background import measure_background, subtract_background
 from vo.images.subtract.common import _or_window, inpaint_many
 from vo.images.subtract.zogy import _gradient2, _irfft2
 

@@ -1,6 +1,6 @@
-"""The democam_rb training set and model (vo.images.training) on a real DemoCam run.
+"""The democam_rb training set and model (vo.images.realbogus.training) on a real DemoCam run.
 
-The workflow's rule bodies (:mod:`vo.images.rules`) run a small DemoCam config in a temporary
+The workflow's rule bodies (:mod:`vo.pipeline.images`) run a small DemoCam config in a temporary
 data root: one 512x512 CCD, five exposures of one field, the first two coadded into the
 reference, the other three subtracted, searched, cut out and measured. Training sets inject
 fakes and bogus (cosmic rays, bad columns, dipoles) into two of the new images; the third new
@@ -18,9 +18,9 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from vo import config as vconfig
-from vo.images import rules as R
-from vo.images import score as S
-from vo.images import training as T
+from vo.pipeline import images as R
+from vo.images.realbogus import score as S
+from vo.images.realbogus import training as T
 
 TRAIN_EXPOSURES = ("dc_f00_r_002", "dc_f00_r_003")
 HELD_OUT = "dc_f00_r_004"
@@ -54,7 +54,7 @@ def run_pipeline(cfg: dict) -> None:
 
 
 def truth_of(cfg: dict, exposure: str) -> Table:
-    from vo.images.simulate import read_truth
+    from vo.images.instruments.democam.simulate import read_truth
     from vo.paths import Paths
 
     t = read_truth(Paths(cfg).raw_truth(R.instrument_key(cfg), exposure))
@@ -63,12 +63,12 @@ def truth_of(cfg: dict, exposure: str) -> Table:
 
 def inputs_of(cfg: dict, exposure: str) -> dict:
     """training_set() keyword arguments of one new image, read from the workflow's files."""
-    from vo.images.align import align_psf, with_wcs
+    from vo.images.reference.align import align_psf, with_wcs
     from vo.images.astrometry import read_wcs
-    from vo.images.coadd import read_reference
+    from vo.images.reference.coadd import read_reference
     from vo.images.image import read_image
-    from vo.images.psf import read_psf
-    from vo.images.zeropoint import read_zp
+    from vo.images.extract.psf import read_psf
+    from vo.images.photometry.zeropoint import read_zp
 
     i, o = R.rule_io("subtraction", cfg, exposure, R.ccds(cfg)[0])
     new = with_wcs(read_image(i["image"]), read_wcs(i["wcs"]).wcs)
@@ -116,7 +116,7 @@ def test_bogus_injections_add_what_they_say():
     assert np.allclose(sci[cols["y0"][0]:cols["y1"][0] + 1, 5], 7.0) and np.allclose(sci[:, 6], 0)
     assert np.isclose(sci.sum(), 7.0 * 11 + -3.0 * 21)
     # a dipole moves flux: zero net, positive lobe on the side of the shift
-    from vo.images.psf import PSFModel
+    from vo.images.extract.psf import PSFModel
 
     psf = PSFModel(coeffs=np.array([[0.12], [0.0], [0.12], [3.0]]), order=0, shape=(60, 60))  # Moffat, FWHM ~2.9
     sci[:] = 0
@@ -205,8 +205,8 @@ def test_real_difference(demo, trained):
     recall of the S/N >= 10 ones is pooled over the three images; the false candidates are
     counted on the held-out image, whose natural artifacts the model never saw (the other two
     are reported)."""
-    from vo.images.cutouts import read_cutouts
-    from vo.images.measure import read_measurements
+    from vo.images.detect.cutouts import read_cutouts
+    from vo.images.detect.measure import read_measurements
 
     cfg, inp = demo
     model = trained[2]

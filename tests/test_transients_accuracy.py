@@ -1,6 +1,6 @@
 """DemoCam accuracy bars of the transient pipeline (image pipeline II), against the truth table.
 
-The real rule bodies (:mod:`vo.images.rules`) run in a temporary data root on a DemoCam
+The real rule bodies (:mod:`vo.pipeline.images`) run in a temporary data root on a DemoCam
 config made for statistics: 2 CCDs of 1024x1024, 5 epochs of one field (the first 2 build the
 reference coadd, the last 3 are "new"), ``n_transients`` raised to 40 per CCD area (their S/N
 is drawn log-uniformly in 3-100 per epoch by the simulator).  Every step runs, from the
@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from scipy.spatial import cKDTree
 
 from vo import config as vconfig
-from vo.images import rules as R
+from vo.pipeline import images as R
 
 CCD_SHAPE = [1024, 1024]
 N_CCDS = 2
@@ -117,9 +117,9 @@ def _nearest(tree_xy: np.ndarray, xy: np.ndarray, radius: float) -> tuple[np.nda
 
 def analyse_ccd(cfg: dict, exposure: str, ccd: str, objects_by_file: dict) -> CCDResult:
     from vo.images.detect import read_candidates
-    from vo.images.measure import read_measurements
-    from vo.images.score import read_scores
-    from vo.images.simulate import read_truth
+    from vo.images.detect.measure import read_measurements
+    from vo.images.realbogus.score import read_scores
+    from vo.images.instruments.democam.simulate import read_truth
     from vo.images.subtract import read_difference
     from vo.paths import Paths
 

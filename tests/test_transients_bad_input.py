@@ -22,8 +22,8 @@ import yaml
 from astropy.io import fits
 
 from vo import config as vconfig
-from vo.images import rules as R
-from vo.images.skipped import skipped_reason
+from vo.pipeline import images as R
+from vo.pipeline.skipped import skipped_reason
 from workflow_helpers import job_counts, smk
 
 pytestmark = pytest.mark.slow

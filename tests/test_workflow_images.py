@@ -62,12 +62,12 @@ def test_extraction_change_reruns_only_extraction_and_after(run):
 
 def test_new_epoch_is_subtracted_detected_measured_and_scored(run):
     """Reference from epochs 0-1, new epoch 2: difference, candidates, measurements, scores."""
-    from vo.images.score import read_scores
+    from vo.images.realbogus.score import read_scores
     from vo.images.subtract import read_difference
 
     root, _ = run
     proj = root / "IMGTEST"
-    from vo.images.coadd import read_reference
+    from vo.images.reference.coadd import read_reference
 
     refs = sorted(proj.glob("references-*/f00_r_C01.image.fits"))
     assert len(refs) == 1

@@ -12,9 +12,9 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from vo.images.astrometry import WCSSolution
-from vo.images.photometric import (COEFFICIENTS, gaia_to_filter, in_valid_range,
+from vo.images.photometry.photometric import (COEFFICIENTS, gaia_to_filter, in_valid_range,
                                    supported_filters, transformation_sigma)
-from vo.images.zeropoint import (CODE_VERSION, fit_zero_point, limiting_flux,
+from vo.images.photometry.zeropoint import (fit_zero_point, limiting_flux,
                                  noise_equivalent_area, read_zp, write_zp)
 from vo.io.fits import FitsError
 
@@ -63,10 +63,6 @@ def make_image(seed=0, n=1500, filt="r", colour_term=0.0, bad_fraction=0.05, nx=
     src["flags"] = np.where(flux > 3e5, 2 << 8, 0).astype(np.int32)  # "saturated"
     src["flux_psf"][src["flags"] > 0] *= 0.7  # saturated stars lose flux: must be ignored
     return src, cat, w
-
-
-def test_code_version():
-    assert CODE_VERSION == "1"
 
 
 # -- the Gaia transformations ----------------------------------------------------------------

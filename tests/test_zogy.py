@@ -1,7 +1,7 @@
 """ZOGY subtraction (vo.images.subtract) on simulated pairs with a truth table, the bad-pixel
 handling, the difference file, and the clear errors.
 
-Simulated pairs: Moffat stars (vo.images.simulate.render_point_sources, the DemoCam renderer)
+Simulated pairs: Moffat stars (vo.images.instruments.democam.simulate.render_point_sources, the DemoCam renderer)
 identical in both images (reference flux-scaled x2, different seeing and sky), transients of
 known flux in the new image only, Gaussian noise with the true variance (sky + read noise +
 source) and the matching weight maps. Truth: transient positions and fluxes.
@@ -17,8 +17,8 @@ from scipy import ndimage
 
 from vo.images import flags as pixflags
 from vo.images.image import Image
-from vo.images.psf import PSFModel
-from vo.images.simulate import moffat_alpha, render_point_sources
+from vo.images.extract.psf import PSFModel
+from vo.images.instruments.democam.render import moffat_alpha, render_point_sources
 from vo.images.subtract import SubtractionError, read_difference, subtract, write_difference
 from vo.images.subtract.zogy import kernel_rfft2
 from vo.io.fits import FitsError
@@ -211,7 +211,7 @@ def test_resampled_reference_noise_is_accounted_for(method):
     assumption, the header keys removed) they are visibly too wide."""
     from astropy.wcs import WCS
 
-    from vo.images.align import align_image
+    from vo.images.reference.align import align_image
 
     # a noisy reference (its noise matters as much as the new image's)
     new, ref, pn, pr, stars, trans = make_pair(n_stars=80, n_trans=5, seed=11, sky_r=1200.0)

@@ -24,7 +24,7 @@ import pytest
 from astropy.stats import sigma_clip
 
 from vo.config import load_config
-from vo.lightcurves.reduce import IQR_TO_SIGMA
+from vo.lightcurves.segments import IQR_TO_SIGMA
 from vo.lightcurves.observatories import get_observatory
 from vo.lightcurves.observatories.ztf import (
     ZTF_EPOCH_RANGE, BulkIndex, IRSAClient, VirtualZTF, ZTFCredentialsError, ZTFError,

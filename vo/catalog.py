@@ -27,7 +27,6 @@ from vo.config import REPO_ROOT, ConfigError
 from vo.io import hdf5 as vh5
 from vo.io.atomic import atomic_path
 
-CODE_VERSION = "1"
 
 CATALOG_DIR = REPO_ROOT / "catalogs"
 STANDARD_COLUMNS = ["name", "ra", "dec", "mag", "magerr", "filter", "pmra", "pmdec", "parallax", "epoch"]

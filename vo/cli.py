@@ -11,18 +11,62 @@ from vo import config as vconfig
 
 
 def _load(args) -> dict:
-    from vo.scripting import _parse_overrides
+    from vo.pipeline.scripting import _parse_overrides
     return vconfig.load_config(args.configfile, _parse_overrides(args.set))
+
+
+def _sections(step: str) -> list[str]:
+    """Config sections of a step or rule of the step table (else ``step`` itself, a section)."""
+    from vo import steps as vsteps
+
+    name = vsteps.step_of(step) if step in vsteps.RULES else step
+    if name in vsteps.STEPS and vsteps.STEPS[name].sections:
+        return [sec for sec in vsteps.STEPS[name].sections if "{obs}" not in sec] or [name]
+    return [step]
 
 
 def cmd_show_pars(args) -> int:
     cfg = _load(args)
     sections = ([p.key.split(".")[0] for p in vconfig.iter_parameters()] if args.step == "all"
-                else [args.step])
+                else _sections(args.step))
     for section in dict.fromkeys(sections):
         print(f"[{section}]")
         print(vconfig.format_parameters(section, cfg))
         print()
+    return 0
+
+
+STEPS_BEGIN, STEPS_END = "<!-- steps:begin -->", "<!-- steps:end -->"
+
+
+def with_step_table(text: str, where: str = "the document") -> str:
+    """``text`` with the block between the step-table markers replaced by the rendered table."""
+    from vo.steps import render_markdown
+
+    if STEPS_BEGIN not in text or STEPS_END not in text:
+        raise ValueError(f"{where}: no {STEPS_BEGIN} ... {STEPS_END} block to put the step table in")
+    head, rest = text.split(STEPS_BEGIN, 1)
+    _, tail = rest.split(STEPS_END, 1)
+    return f"{head}{STEPS_BEGIN}\n{render_markdown()}{STEPS_END}{tail}"
+
+
+def cmd_steps(args) -> int:
+    from pathlib import Path
+
+    from vo import steps as vsteps
+    from vo.io.atomic import write_text
+
+    if args.write:
+        path = Path(args.write)
+        write_text(path, with_step_table(path.read_text(), str(path)))
+        print(f"vo: step table written into {path}")
+    elif args.markdown:
+        print(vsteps.render_markdown(), end="")
+    else:
+        for s in vsteps.TABLE:
+            rules = ", ".join(f"{r.name}({', '.join(r.wildcards)})" for r in s.rules)
+            print(f"{s.name:<14} v{s.code_version}  {s.half:<11} rules: {rules}")
+            print(f"{'':<14}      upstream: {', '.join(s.upstream) or '-'}; config: {', '.join(s.sections) or '-'}")
     return 0
 
 
@@ -47,8 +91,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_populate(args) -> int:
-    from vo.db import ingest
-    counts = ingest.populate(_load(args))
+    from vo.ingest.populate import populate
+    counts = populate(_load(args))
     print(json.dumps(counts, indent=1, default=str))
     return 0
 
@@ -67,7 +111,7 @@ def cmd_db(args) -> int:
 
 def cmd_status(args) -> int:
     """Per step and provenance hash: products done, flagged, failed, missing; database rows."""
-    from vo import status
+    from vo.pipeline import status
     from vo.db.engine import engine_from_config
 
     cfg = _load(args)
@@ -109,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         return p
 
     p = common(sub.add_parser("show-pars", help="list a step's parameters: type, value, critical, doc"))
-    p.add_argument("step", help="config section, e.g. analysis, DEMO.reducer, or 'all'")
+    p.add_argument("step", help="a step or rule (vo steps), a config section (e.g. DEMO.reducer), or 'all'")
     p.set_defaults(func=cmd_show_pars)
+    p = sub.add_parser("steps", help="the step table: steps, rules, files, upstreams, config sections")
+    p.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/architecture.md")
+    p.add_argument("--write", metavar="FILE", help="put the Markdown table into FILE (between its markers)")
+    p.set_defaults(func=cmd_steps)
     p = common(sub.add_parser("provenance", help="print each step's provenance hash"))
     p.add_argument("--json", action="store_true", help="the whole provenance document as JSON")
     p.set_defaults(func=cmd_provenance)

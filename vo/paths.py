@@ -16,55 +16,13 @@ from pathlib import Path
 
 from vo import config as vconfig
 from vo import provenance as vprov
+from vo import steps as vsteps
 
-#: File-name patterns inside a step folder; ``{obs}`` and ``{ra_bin}`` (3 digits) are
-#: Snakemake wildcards as well as ``str.format`` fields.
-FILES = {
-    "targets": "targets_RA{ra_bin}.h5",
-    "download": "{obs}_RA{ra_bin}_manifest.json",
-    "reduce": "{obs}_photometry_RA{ra_bin}_reduced.h5",
-    "analysis": "{obs}_RA{ra_bin}_analysis.h5",
-    "histograms": "{obs}_RA{ra_bin}_histograms.nc",
-    "combine": "{obs}_histograms.nc",
-    "efficiency": "{obs}_efficiency.csv",
-    "plots": "{obs}_detections.png",
-    "ingest": "{obs}_RA{ra_bin}_ingest.json",
-    # image pipeline: {obs} is the instrument; {exposure}, {ccd}, {filter} as named
-    "bias": "{obs}_bias_{ccd}.fits",
-    "flat": "{obs}_flat_{filter}_{ccd}.fits",
-    "image": "{exposure}/{ccd}.image.fits",
-    "sources": "{exposure}/{ccd}.sources.fits",
-    "psf": "{exposure}/{ccd}.psf.fits",
-    "background": "{exposure}/{ccd}.bg.fits",
-    "wcs": "{exposure}/{ccd}.wcs.fits",
-    "zp": "{exposure}/{ccd}.zp.fits",
-    "ingest_images": "{exposure}/{ccd}.ingest.json",
-    "reference": "{field}_{filter}_{ccd}",  # prefix: .image.fits, .psf.fits, .sources.fits
-    "difference": "{exposure}/{ccd}.sub.fits",
-    "aligned_reference": "{exposure}/{ccd}.refaligned.fits",
-    "candidates": "{exposure}/{ccd}.candidates.fits",
-    "cutouts": "{exposure}/{ccd}.cutouts.h5",
-    "measurements": "{exposure}/{ccd}.measurements.fits",
-    "training_set": "{exposure}/{ccd}.training.fits",
-    "rb_model": "democam_rb_model.json",
-    "scores": "{exposure}/{ccd}.scores.fits",
-    "association": "{exposure}/{ccd}.association.json",
-    "alerts": "{exposure}.alerts.avro",
-    "forced": "{exposure}.forced.fits",  # forced photometry of known objects not detected in the exposure
-    "efficiency_fakes": "{exposure}/{ccd}.efficiency.fits",
-    "efficiency_summary": "efficiency_summary.fits",
-    "efficiency_plot": "efficiency_summary.png",
-}
-
-#: The step whose folder holds each kind of product (kinds not listed are steps themselves).
-KIND_STEP = {"histograms": "analysis", "efficiency": "combine", "plots": "combine",
-             "bias": "calibration", "flat": "calibration", "image": "preprocessing",
-             "sources": "extraction", "psf": "extraction", "background": "extraction",
-             "wcs": "astrometry", "zp": "zero_point", "reference": "references",
-             "difference": "subtraction", "aligned_reference": "subtraction", "candidates": "detection",
-             "training_set": "rb_training", "rb_model": "rb_training", "scores": "scoring",
-             "efficiency_fakes": "injection", "efficiency_summary": "injection",
-             "efficiency_plot": "injection", "forced": "alerts"}
+#: File-name patterns inside a step folder (from the step table); ``{obs}`` and ``{ra_bin}``
+#: (3 digits) are Snakemake wildcards as well as ``str.format`` fields.
+FILES = vsteps.FILES
+#: The step whose folder holds each kind of product.
+KIND_STEP = vsteps.KIND_STEP
 
 
 def ra_bin_str(ra_bin: int | str) -> str:
@@ -125,7 +83,7 @@ class Paths:
                 **fields: str) -> Path:
         """Path of a product; ``kind`` is a key of :data:`FILES`; ``fields`` fill
         ``{exposure}``, ``{ccd}`` and ``{filter}`` of image products."""
-        step = KIND_STEP.get(kind, kind)
+        step = KIND_STEP[kind]
         name = FILES[kind].format(obs=obs, ra_bin=ra_bin_str(ra_bin) if ra_bin is not None else "",
                                   **fields)
         return self.step_dir(step, obs) / name
@@ -133,7 +91,7 @@ class Paths:
     def pattern(self, kind: str) -> str:
         """Snakemake output pattern of a product: the step folder's hash is the wildcard
         ``{vc}`` (``-{hash}`` or empty), checked against the config by the rules."""
-        return str(self.project_dir / f"{KIND_STEP.get(kind, kind)}{{vc}}" / FILES[kind])
+        return str(self.project_dir / f"{KIND_STEP[kind]}{{vc}}" / FILES[kind])
 
     def run_config(self) -> Path:
         return self.project_dir / f"00_config_{vprov.run_hash(self.cfg)}.yaml"

@@ -2,7 +2,7 @@
 
 ``hash(step) = sha256(canonical JSON of {step, observatory, code version, critical
 parameters, upstream hashes})``, shortened to :data:`HASH_LENGTH` hex digits.  The hash depends only on
-the config and the code versions declared by the step modules (``CODE_VERSION``), never on
+the config and the code versions in the step table (:mod:`vo.steps`), never on
 the machine, so every cluster job that re-parses the Snakefile computes the same value.
 
 Light-curve steps other than ``targets`` are computed per observatory, image steps per
@@ -13,68 +13,19 @@ alone.  (The observatory or instrument is the provenance's ``obs``.)
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import subprocess
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 
 from vo import config as vconfig
+from vo import steps as vsteps
 
 HASH_LENGTH = 10
 
 
-@dataclass(frozen=True)
-class StepDef:
-    """How a step's provenance is made.
-
-    sections : config sections whose critical parameters enter the hash; ``{obs}`` is
-        replaced by the observatory (or instrument) name.
-    exclude : sub-sections of ``sections`` left out (they belong to another step).
-    upstream : steps whose hashes enter this one.
-    module : module that declares the step's ``CODE_VERSION``.
-    per_obs : one provenance per observatory (light curves) or instrument (images).
-    images : an image-pipeline step (its ``obs`` is the instrument).
-    """
-
-    sections: tuple[str, ...]
-    upstream: tuple[str, ...]
-    module: str
-    per_obs: bool = True
-    images: bool = False
-    exclude: tuple[str, ...] = field(default_factory=tuple)
-
-
-STEPS: dict[str, StepDef] = {
-    "targets": StepDef(("catalog",), (), "vo.catalog", per_obs=False),
-    "download": StepDef(("{obs}",), ("targets",), "vo.lightcurves.observatories",
-                        exclude=("{obs}.reducer", "{obs}.download")),
-    "reduce": StepDef(("{obs}.reducer",), ("download",), "vo.lightcurves.reduce"),
-    "analysis": StepDef(("analysis", "simulator", "histograms"), ("reduce",), "vo.lightcurves.analysis"),
-    "combine": StepDef((), ("analysis",), "vo.lightcurves.histograms"),
-    "ingest": StepDef((), ("download", "reduce", "analysis"), "vo.db.ingest"),
-    # image pipeline, per instrument
-    "calibration": StepDef(("calibration",), (), "vo.images.calibration", images=True),
-    "preprocessing": StepDef(("preprocessing",), ("calibration",), "vo.images.preprocess", images=True),
-    "extraction": StepDef(("extraction",), ("preprocessing",), "vo.images.extract", images=True),
-    "astrometry": StepDef(("astrometry", "catalog_excerpts"), ("extraction",), "vo.images.astrometry",
-                          images=True),
-    "zero_point": StepDef(("zero_point",), ("astrometry",), "vo.images.zeropoint", images=True),
-    "ingest_images": StepDef((), ("preprocessing", "extraction", "astrometry", "zero_point"),
-                             "vo.db.ingest_images", images=True),
-    "references": StepDef(("references",), ("zero_point",), "vo.images.coadd", images=True),
-    "subtraction": StepDef(("subtraction",), ("zero_point", "references"), "vo.images.subtract",
-                           images=True),
-    "detection": StepDef(("detection",), ("subtraction",), "vo.images.detect", images=True),
-    "cutouts": StepDef(("cutouts",), ("detection",), "vo.images.cutouts", images=True),
-    "measurements": StepDef(("measurements",), ("cutouts",), "vo.images.measure", images=True),
-    "rb_training": StepDef(("scoring", "injection"), ("measurements",), "vo.images.training", images=True),
-    "scoring": StepDef(("scoring",), ("measurements", "rb_training"), "vo.images.score", images=True),
-    "association": StepDef(("association",), ("scoring",), "vo.images.associate", images=True),
-    "injection": StepDef(("injection",), ("scoring",), "vo.images.inject", images=True),
-    "alerts": StepDef((), ("association",), "vo.images.alerts", images=True),
-}
+#: the steps whose provenance is computed (:data:`vo.steps.STEPS`)
+STEPS = vsteps.STEPS
 
 
 def canonical_json(obj) -> str:
@@ -85,16 +36,6 @@ def canonical_json(obj) -> str:
 def short_hash(obj) -> str:
     """sha256 of the canonical JSON of ``obj``, shortened to :data:`HASH_LENGTH` digits."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:HASH_LENGTH]
-
-
-@lru_cache(maxsize=None)
-def code_version(module: str) -> str:
-    """The ``CODE_VERSION`` declared by a step module."""
-    mod = importlib.import_module(module)
-    try:
-        return str(mod.CODE_VERSION)
-    except AttributeError as exc:  # a step module must declare it
-        raise AttributeError(f"step module {module} declares no CODE_VERSION") from exc
 
 
 def git_commit() -> str | None:
@@ -133,7 +74,7 @@ class Provenance:
                 "upstreams": self.upstreams}
 
 
-def _critical(cfg: dict, step: StepDef, obs: str | None) -> dict:
+def _critical(cfg: dict, step: vsteps.Step, obs: str | None) -> dict:
     params = {}
     excluded = [e.format(obs=obs) for e in step.exclude]
     for section in step.sections:
@@ -156,10 +97,18 @@ def provenance(cfg: dict, step: str, obs: str | None = None) -> Provenance:
     for up in sdef.upstream:
         p = provenance(cfg, up, obs)
         ups[p.key] = p.hash
-    return Provenance(step, obs, code_version(sdef.module), _critical(cfg, sdef, obs), ups)
+    return Provenance(step, obs, sdef.code_version, _critical(cfg, sdef, obs), ups)
 
 
-def scopes(cfg: dict, sdef: StepDef) -> list:
+def file_attrs(cfg: dict, step: str, obs: str | None) -> dict:
+    """Provenance attributes stored in every product file (so files can be re-ingested)."""
+    p = provenance(cfg, step, obs)
+    return {"step": step, "obs": obs or "", "provenance_hash": p.hash,
+            "code_version": p.code_version, "parameters": p.parameters, "upstreams": p.upstreams,
+            "project": cfg["project"]["name"].upper()}
+
+
+def scopes(cfg: dict, sdef: vsteps.Step) -> list:
     """The observatories or instruments a step runs for in this config."""
     if sdef.images:
         return [cfg["images"]["instrument"].upper()] if cfg["images"]["enabled"] else []

@@ -8,7 +8,8 @@
         source = session.scalars(sa.select(Source).where(Source.name == "J123.1-32.13")).first()
 """
 
-from vo.db.engine import Session, engine_from_config, get_engine, init_db, url_from_config, write_engine
+from vo.db.engine import Session, engine_from_config, get_engine, url_from_config, write_engine
+from vo.db.migrate import init_db
 from vo.db.models import (PSF, Base, CatalogExcerpt, Cutouts, Detection, Exposure, Image, Lightcurve,
                           Measurement, ObjectCounter, Provenance, RawPhotometry, Reference, Score, SkyObject,
                           Source, SourceList, Subtraction, WorldCoordinates, ZeroPoint, healpix_index)

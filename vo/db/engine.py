@@ -21,13 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session as _Session
 
 from vo import config as vconfig
+from vo.io.encoding import numpy_to_json
 
 #: Seconds a SQLite writer waits for the lock before giving up.
 SQLITE_BUSY_TIMEOUT_S = 300
@@ -49,14 +49,6 @@ class Session(_Session):
         super().__init__(bind=bind, **kwargs)
 
 
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable: {obj!r}")
-
-
 def _nan_to_none(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -70,7 +62,7 @@ def _nan_to_none(obj):
 def json_dumps(obj) -> str:
     """JSON for the database: numpy scalars become numbers, NaN/inf become null
     (PostgreSQL's JSONB rejects NaN)."""
-    return json.dumps(_nan_to_none(json.loads(json.dumps(obj, default=_json_default))),
+    return json.dumps(_nan_to_none(json.loads(json.dumps(obj, default=numpy_to_json))),
                       allow_nan=False)
 
 
@@ -211,17 +203,3 @@ def ensure_q3c(conn: sa.Connection) -> None:
         for table in spatial_tables():
             conn.execute(sa.text(f"CREATE INDEX IF NOT EXISTS ix_{table.name}_q3c "
                                  f"ON {table.name} (q3c_ang2ipix(ra, dec))"))
-
-
-def init_db(engine: Engine) -> None:
-    """Create every table and index, or upgrade an existing database to the newest schema
-    revision (:func:`vo.db.migrate.ensure_schema`); idempotent, and safe when several
-    processes call it at once (they queue on the schema lock).
-
-    On PostgreSQL the q3c extension and indexes are made too (:func:`ensure_q3c`).
-    """
-    from vo.db.migrate import ensure_schema
-
-    with schema_transaction(engine) as conn:
-        ensure_schema(conn)
-        ensure_q3c(conn)

@@ -5,7 +5,7 @@
     vo db revision -m "add a column" # after a change to the models: write the migration
 
 * A new (empty) database gets its tables straight from the models and is stamped with the
-  newest revision (:func:`ensure_schema`, called by :func:`vo.db.engine.init_db`).
+  newest revision (:func:`ensure_schema`, called by :func:`vo.db.migrate.init_db`).
 * A database at an older revision is upgraded by ``init_db`` (every ingest job calls it;
   the schema lock makes concurrent jobs queue, the first one upgrades) or by ``vo db
   upgrade``.  Each revision of ``migrations/versions`` runs in the one transaction.
@@ -174,3 +174,15 @@ def run_command(engine, action: str, revision: str = "head", message: str | None
             raise ValueError("vo db revision needs a message (-m)")
         return f"wrote {new_revision(engine, message)}"
     raise ValueError(f"unknown vo db action {action!r}")
+
+
+def init_db(engine: sa.Engine) -> None:
+    """Create every table and index, or upgrade an existing database to the newest schema
+    revision (:func:`vo.db.migrate.ensure_schema`); idempotent, and safe when several
+    processes call it at once (they queue on the schema lock).
+
+    On PostgreSQL the q3c extension and indexes are made too (:func:`ensure_q3c`).
+    """
+    with schema_transaction(engine) as conn:
+        ensure_schema(conn)
+        ensure_q3c(conn)

@@ -19,7 +19,7 @@ backends serialise the "look for objects near here, else create one" transaction
 
 Object names continue a per-year counter (table ``object_counters``) incremented with
 ``UPDATE ... RETURNING`` under its row lock, taken after the cell locks (one lock order).
-The matching itself is :func:`vo.images.associate.associate` (pure numpy).
+The matching itself is :func:`vo.sky.associate` (pure numpy).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from astropy_healpix import HEALPix, nside_to_pixel_resolution
 
 from vo.db import models as m
 from vo.db.bulk import insert_for, insert_returning
-from vo.db.ingest import in_transaction
-from vo.images import associate as assoc
+from vo import sky as assoc
+from vo.db.rows import in_transaction
 
 #: First key (int4) of the advisory locks of object association ("vo" + 1).
 LOCK_CLASS = 0x766F01

@@ -23,7 +23,7 @@ class FitsError(ValueError):
 
 
 def provenance_cards(attrs: dict) -> list[tuple[str, object, str]]:
-    """Header cards for the provenance attributes made by :func:`vo.workflow.file_attrs`."""
+    """Header cards for the provenance attributes made by :func:`vo.provenance.file_attrs`."""
     pars = json.dumps({"parameters": attrs.get("parameters", {}),
                        "upstreams": attrs.get("upstreams", {})}, sort_keys=True, default=str)
     return [("VO_STEP", attrs.get("step", ""), "pipeline step that made this file"),

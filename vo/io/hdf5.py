@@ -42,14 +42,12 @@ from typing import Any, Mapping, NamedTuple
 import h5py
 import numpy as np
 import pandas as pd
-from h5py import h5a, h5d, h5o, h5p, h5s, h5t
+from h5py import h5d, h5o, h5p, h5s, h5t
 
-STR = h5py.string_dtype("utf-8")
+from vo.io.encoding import numpy_or_str_to_json
+from vo.io.hdf5_attrs import read_attrs, read_meta, read_str_attr, set_attr, write_attrs  # noqa: F401 (read_attrs, write_attrs: API)
+
 LAYOUTS = ("columns", "records")
-
-_VSTR_FILE = h5t.py_create(STR, logical=True)  # variable-length UTF-8 string, in the file
-_VSTR_MEM = h5t.py_create(STR)                 # ... and as Python objects in memory
-_SCALAR = h5s.create(h5s.SCALAR)
 
 
 def _creation_lists():
@@ -62,89 +60,6 @@ def _creation_lists():
 
 
 _LCPL, _DCPL = _creation_lists()
-
-
-# -- attributes ---------------------------------------------------------------------------
-def _attr_value(value: Any):
-    if isinstance(value, (dict, list, tuple)) or value is None:
-        return "json:" + json.dumps(value, default=_json_default)
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    return value
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
-
-
-def _from_attr(value: Any):
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and value.startswith("json:"):
-        return json.loads(value[5:])
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def write_attrs(obj: h5py.HLObject, attrs: dict) -> None:
-    """Set ``attrs`` as attributes of ``obj`` (dicts, lists and None as ``"json:..."``)."""
-    for key, value in (attrs or {}).items():
-        obj.attrs[key] = _attr_value(value)
-
-
-def read_attrs(obj: h5py.HLObject) -> dict:
-    """The metadata of ``obj``: its attributes decoded (:func:`write_attrs`), or for a
-    records-layout table the JSON ``meta`` attribute alone (it holds all of them)."""
-    if isinstance(obj, h5py.Dataset) and "meta" in obj.attrs:
-        return _read_meta(obj.id)
-    return {k: _from_attr(v) for k, v in obj.attrs.items()}
-
-
-def _read_str_attr(oid, name: bytes) -> str:
-    """A scalar string attribute (variable- or fixed-length) read with the low-level API."""
-    aid = h5a.open(oid, name)
-    tid = aid.get_type()
-    if isinstance(tid, h5t.TypeStringID) and tid.is_variable_str():
-        buf = np.zeros((), dtype=STR)
-        aid.read(buf, mtype=_VSTR_MEM)
-    else:
-        buf = np.zeros((), dtype=tid.dtype)
-        aid.read(buf, mtype=h5t.py_create(buf.dtype))
-    value = buf.item()
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _read_meta(oid) -> dict:
-    try:
-        return json.loads(_read_str_attr(oid, b"meta"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"attribute 'meta' is not JSON: {exc}") from None
-
-
-_NUMBER_TYPES = {bool: np.dtype(bool), int: np.dtype(np.int64), float: np.dtype(np.float64)}
-_HDF5_TYPES = {dt: h5t.py_create(dt) for dt in _NUMBER_TYPES.values()}
-
-
-def _set_attr(oid, name: str, value) -> None:
-    """Create the scalar attribute ``name`` of a new object (low-level: about 4x faster than
-    ``obj.attrs[name] = value``); str and Python/numpy numbers only."""
-    if isinstance(value, str):
-        aid = h5a.create(oid, name.encode(), _VSTR_FILE, _SCALAR)
-        aid.write(np.array(value, dtype=STR), mtype=_VSTR_MEM)
-        return
-    dtype = _NUMBER_TYPES.get(type(value))
-    if dtype is None:
-        if not isinstance(value, (np.bool_, np.integer, np.floating)):
-            raise TypeError(f"attribute {name!r}: {type(value).__name__} is not a str or number")
-        dtype = np.dtype(bool) if isinstance(value, np.bool_) else value.dtype
-    tid = _HDF5_TYPES.get(dtype) or h5t.py_create(dtype)
-    aid = h5a.create(oid, name.encode(), tid, _SCALAR)
-    aid.write(np.array(value, dtype=dtype), mtype=tid)
 
 
 # -- columns ------------------------------------------------------------------------------
@@ -268,7 +183,7 @@ def _read_columns_group(grp: h5py.Group, cache: _TypeCache | None = None,
         attrs.pop("nrows", None)
     else:
         attrs = {}
-        columns = _read_str_attr(grp.id, b"columns") if "columns" in grp.attrs else None
+        columns = read_str_attr(grp.id, b"columns") if "columns" in grp.attrs else None
     columns = json.loads(columns) if columns is not None else list(grp.keys())
     cache = cache if cache is not None else _TypeCache()
     gid = grp.id
@@ -336,14 +251,14 @@ def _write_record_datasets(gid, names: list[str], attrs: list[dict], records: np
             if rows.size:
                 dsid.write(h5s.ALL, h5s.ALL, rows, mtype=tid)
         meta = meta or {}
-        _set_attr(dsid, "columns", columns)
-        _set_attr(dsid, "meta", json.dumps(meta, default=_json_default))
+        set_attr(dsid, "columns", columns)
+        set_attr(dsid, "meta", json.dumps(meta, default=numpy_or_str_to_json))
         for key in index_attrs:
             value = meta.get(key)
             if isinstance(value, np.generic):
                 value = value.item()
             if isinstance(value, (str, bool, int, float)):
-                _set_attr(dsid, key, value)
+                set_attr(dsid, key, value)
 
 
 def _drop_existing(parent: h5py.Group, names) -> None:
@@ -413,7 +328,7 @@ def write_table(parent: h5py.Group, name: str, df: pd.DataFrame | Mapping[str, n
 
 def _read_records(dsid, cache: _TypeCache | None = None) -> tuple[dict, dict]:
     rows = _read_dataset_raw(dsid, cache)
-    return _split_fields(rows), _read_meta(dsid)
+    return _split_fields(rows), read_meta(dsid)
 
 
 def _read_dataset_raw(dsid, cache: _TypeCache | None = None) -> np.ndarray:
@@ -482,7 +397,7 @@ def read_block(parent: h5py.Group, keys: list[str] | None = None) -> TableBlock 
     for key, oid in zip(keys, objs):
         if isinstance(oid, h5d.DatasetID):
             type_keys.append(cache.dtype_of(oid.get_type())[0])
-            metas.append(_wrap(key, _read_meta, oid))
+            metas.append(_wrap(key, read_meta, oid))
         else:
             type_keys.append(None)
             metas.append(None)
@@ -553,7 +468,7 @@ def read_metas(parent: h5py.Group, keys: list[str] | None = None) -> dict[str, d
     out = {}
     for key, oid in zip(keys, _open_all(parent, keys)):
         if isinstance(oid, h5d.DatasetID):
-            out[key] = _wrap(key, _read_meta, oid)
+            out[key] = _wrap(key, read_meta, oid)
         else:
             attrs = read_attrs(h5py.Group(oid))
             attrs.pop("columns", None)

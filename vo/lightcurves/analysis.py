@@ -31,9 +31,10 @@ from vo.lightcurves import finder as vfinder
 from vo.lightcurves import histograms as vhist
 from vo.lightcurves import quality as vquality
 from vo.lightcurves import simulator as vsim
-from vo.lightcurves.reduce import flux_to_mag, lightcurve_columns
+from vo.lightcurves.reduce import lightcurve_columns
+from vo.lightcurves.segments import flux_to_mag
+from vo.steps import STEPS
 
-CODE_VERSION = "1"
 
 #: Data columns the analysis needs in every light curve.
 REQUIRED_COLUMNS = ("mjd", "mag", "flux", "fluxerr", "dsnr", "flag", "ra", "dec", "exptime")
@@ -269,7 +270,7 @@ def write_analysis(path: str | os.PathLike, result: AnalysisResult, attrs: dict 
     ``/injections``, ``/efficiency``); ``attrs`` (e.g. provenance) go to the file's root."""
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            write_attrs(f, {"code_version": CODE_VERSION, **(attrs or {})})
+            write_attrs(f, {"code_version": STEPS["analysis"].code_version, **(attrs or {})})
             for name in TABLES:
                 write_table(f, name, getattr(result, name))
 

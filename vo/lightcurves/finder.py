@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vo.lightcurves.reduce import flux_to_mag
+from vo.lightcurves.segments import flux_to_mag
 
 #: Columns of the event table returned by :func:`find_events`.
 EVENT_COLUMNS = ("lc", "time_start", "time_peak", "time_end", "peak_snr", "peak_flux", "peak_mag",

@@ -33,7 +33,6 @@ import xarray as xr
 
 from vo.io.atomic import atomic_path
 
-CODE_VERSION = "1"
 
 VALUE_AXES = ("snr", "dmag", "offset")
 SOURCE_AXES = ("mag", "exptime")

@@ -3,14 +3,15 @@
 Every check is a pure function of arrays that returns a boolean *bad* mask; :func:`check_epochs`
 combines them into a *good* mask and counts, per light curve, how many epochs each check
 rejected.  Light curves are contiguous segments of concatenated arrays, given by the first
-index of each segment (``starts``), as in :func:`vo.lightcurves.reduce.segment_snr`.
+index of each segment (``starts``), as in :func:`vo.lightcurves.segments.segment_snr`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from vo.lightcurves.reduce import angular_offset_arcsec, segment_clipped_stats, segment_sum
+from vo.lightcurves.reduce import angular_offset_arcsec
+from vo.lightcurves.segments import segment_clipped_stats, segment_sum
 
 #: Names of the checks, in the order they are reported.
 CHECKS = ("flag", "nonfinite", "offset", "offset_outlier")

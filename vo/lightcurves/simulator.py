@@ -12,7 +12,7 @@ Event models (the excess flux is a fraction of the light curve's mean flux ``F``
 The excess is added to the measured fluxes; where the flux grows the errors grow as Poisson
 noise would (``fluxerr * sqrt(F_new / F)``) and the extra noise is added to the fluxes.  The
 S/N columns are recomputed exactly as the reduction computes them
-(:func:`vo.lightcurves.reduce.segment_snr`) and the same finder runs on the copy.  An
+(:func:`vo.lightcurves.segments.segment_snr`) and the same finder runs on the copy.  An
 injection is *recovered* when the finder reports an event of the right sign that overlaps
 the injection window (where the excess is at least :data:`WINDOW_FRACTION` of its peak).
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from vo.lightcurves import finder as vfinder
-from vo.lightcurves.reduce import segment_snr
+from vo.lightcurves.segments import segment_snr
 
 #: Event types and the sign of their excess flux (axis order of the efficiency arrays).
 SIM_TYPES = ("flare", "dip", "microlensing")

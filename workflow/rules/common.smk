@@ -1,5 +1,5 @@
 # Shared set-up: the merged config, paths, RA bins and input functions.
-# Every path comes from vo.paths / vo.workflow, the same code the scripts use.
+# Every path comes from vo.paths / vo.steps / vo.pipeline, the same code the scripts use.
 import functools
 import sys
 
@@ -9,9 +9,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(workflow.basedir, "..")))
 from vo import config as vconfig
 from vo import provenance as vprov
 from vo.paths import Paths
-from vo.workflow import rule_io
+from vo.pipeline.lightcurves import rule_io
 from vo.catalog import Catalog
-from vo.images.rules import PER_CCD
+from vo.steps import PER_CCD, step_of
 
 CFG = vconfig.complete(config, "snakemake config")
 config.update(CFG)
@@ -39,7 +39,7 @@ def io(step, part, key=None):
     """Input function: the inputs of ``step`` for a job's wildcards, checked against the
     config's provenance hash (a stale hash in a requested path is an error)."""
 
-    hashed = step if step != "plots" else "combine"
+    hashed = step_of(step)
 
     def f(wildcards):
         obs = wildcards.get("obs")

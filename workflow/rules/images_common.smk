@@ -1,8 +1,8 @@
 # Image pipeline set-up: exposures, CCDs, filters, reference sets and input functions.
 import re
 
-from vo.images import rules as image_rules
-from vo.paths import KIND_STEP
+from vo.pipeline import image_io as image_rules
+from vo.steps import KIND_STEP, step_of
 
 INST = CFG["images"]["instrument"]
 IKEY = image_rules.instrument_key(CFG)
@@ -33,11 +33,7 @@ wildcard_constraints:
 def iio(step, part, key=None):
     """Input/output function of an image rule, with the provenance-hash check of ``io``."""
 
-    check = {"master_bias": "calibration", "master_flat": "calibration",
-             "preprocess": "preprocessing", "extract": "extraction",
-             "rb_training_set": "rb_training", "train_rb": "rb_training",
-             "efficiency": "injection", "efficiency_summary": "injection"}.get(step, step)
-    expected = step_suffix(check, IKEY)
+    expected = step_suffix(step_of(step), IKEY)
 
     def f(wildcards):
         if "vc" in wildcards.keys() and wildcards.vc != expected:

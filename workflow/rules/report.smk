@@ -15,6 +15,6 @@ rule benchmark_table:
         P.log("benchmark_table"),
     localrule: True
     run:
-        from vo.status import benchmark_table, write_benchmark_html
+        from vo.pipeline.status import benchmark_table, write_benchmark_html
 
         write_benchmark_html(benchmark_table(CFG, P), output.table, log=log[0])

@@ -13,7 +13,7 @@ def get_instrument(name: str, cfg: dict) -> Instrument:
     """The instrument ``name`` (``"DemoCam"``, ``"DECam"``; case-insensitive) for config ``cfg``."""
     key = str(name).lower()
     if key == "democam":
-        from vo.images.instruments.demo import DemoCam
+        from vo.images.instruments.democam import DemoCam
         return DemoCam(cfg)
     if key == "decam":
         from vo.images.instruments.decam import DECam

@@ -184,6 +184,11 @@ class Instrument:
             out.setdefault(info["exposure"], {"kind": info["kind"], "filter": info["filter"]})
         return out
 
+    def catalog_fetcher(self):
+        """A reference-catalog fetcher of the instrument's own (a simulated camera's catalog), or
+        None: the Gaia archive is asked (:mod:`vo.images.astrometry.excerpts`)."""
+        return None
+
     def raw_path(self, paths, exposure: str) -> Path:
         """Raw file of ``exposure``: ``.fits`` or, when only that exists, ``.fits.fz``."""
         plain = paths.raw_exposure(self.name, exposure)

@@ -28,7 +28,6 @@ from vo.images.subtract.common import (Difference, SubtractionError, flux_ratio,
                                        parameters, prepare)
 from vo.io.fits import FitsError, open_fits, write_fits
 
-CODE_VERSION = "2"  # 2: correlated reference noise in the variances
 METHODS = ("zogy", "alard_lupton")
 MAP_HDUS = {"DIFF": "diff", "ERROR": "diff_err", "SCORE": "score", "SCORR": "score_corr",
             "FLUX": "flux", "FLUXERR": "flux_err", "FLAGS": "flags"}
@@ -51,7 +50,7 @@ def subtract(new, ref, new_psf, ref_psf, new_zp: float, ref_zp: float, pars: dic
     Parameters
     ----------
     new, ref : vo.images.image.Image (sci e-, weight 1/e-^2, flags); same shape.
-    new_psf, ref_psf : vo.images.psf.PSFModel of each image (evaluated at the CCD centre).
+    new_psf, ref_psf : vo.images.extract.psf.PSFModel of each image (evaluated at the CCD centre).
     new_zp, ref_zp : zero points (``m = -2.5 log10(flux_e-) + zp``) giving the flux ratio.
     pars : the ``subtraction`` config section (missing keys take the schema defaults).
     method : "zogy" or "alard_lupton" (default: ``pars["method"]``).
@@ -150,5 +149,5 @@ def read_difference(path: str | os.PathLike) -> Difference:
         return Difference(psf=np.asarray(hdul["PSF"].data, np.float32), meta=meta, header=header, **arrays)
 
 
-__all__ = ["CODE_VERSION", "Difference", "SubtractionError", "subtract", "write_difference",
+__all__ = ["Difference", "SubtractionError", "subtract", "write_difference",
            "read_difference", "parameters", "stamp_fwhm"]

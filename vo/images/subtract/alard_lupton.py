@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, signal
 
-from vo.images.psf import cut_stamps, stamp_grid
+from vo.images.extract.psf import cut_stamps, stamp_grid
 from vo.images.subtract.common import Difference, Prepared, SubtractionError, correlation_factor, robust_std
 
 MIN_STARS = 3

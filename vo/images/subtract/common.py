@@ -14,8 +14,8 @@ from scipy import signal
 
 from vo import config as vconfig
 from vo.images import flags as pixflags
-from vo.images.align import read_noise_acf
-from vo.images.background import subtract_background
+from vo.images.reference.align import read_noise_acf
+from vo.images.extract.background import subtract_background
 
 
 class SubtractionError(ValueError):
@@ -217,7 +217,7 @@ def prepare(new, ref, pars: dict, fwhm: float) -> Prepared:
 
 def correlation_factor(kernel: np.ndarray, rho: np.ndarray | None) -> float:
     """Variance of ``kernel * x`` for noise ``x`` with autocorrelation ``rho`` (see
-    :func:`vo.images.align.read_noise_acf`: a resampled image's noise is correlated), divided by its white-noise value ``sum(kernel^2) var``:
+    :func:`vo.images.reference.align.read_noise_acf`: a resampled image's noise is correlated), divided by its white-noise value ``sum(kernel^2) var``:
     ``sum_d rho(d) A(d) / A(0)`` with ``A`` the kernel's autocorrelation.  1 for white noise
     (``rho`` None)."""
     if rho is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 #: Version of the download code (enters the ``download`` provenance hash).
-CODE_VERSION = "1"
 
 
 def get_observatory(name: str, cfg: dict):

@@ -1,0 +1,2 @@
+"""Photometric calibration: Gaia magnitudes converted to a camera's filters (:mod:`.photometric`)
+and the zero point of an image (:mod:`.zeropoint`)."""

@@ -1,0 +1,251 @@
+"""What each image-pipeline rule reads and writes (:func:`rule_io`), and what every rule body shares.
+
+The Snakefile (``workflow/rules/images.smk``), the standalone scripts and ``vo status`` all call
+:func:`rule_io`; the rule bodies are in :mod:`vo.pipeline.image_steps` (calibration to zero
+point) and :mod:`vo.pipeline.transient_steps` (references to alerts).  A CCD whose WCS failed is
+flagged, not a crash: later steps write flagged products and log why (:func:`skippable`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+from vo import provenance as vprov
+from vo import steps as vsteps
+from vo.pipeline.skipped import SkipProduct, first_skipped, write_skipped
+from vo.paths import Paths
+
+log = logging.getLogger("vo.images")
+
+#: image rules; all run per CCD except the calibration/simulation ones.
+STEPS = vsteps.IMAGE_RULES
+PER_CCD = vsteps.PER_CCD
+
+
+def instrument(cfg: dict):
+    from vo.images.instruments import get_instrument
+    return get_instrument(cfg["images"]["instrument"], cfg)
+
+
+def instrument_key(cfg: dict) -> str:
+    """The instrument as it appears in provenance keys and file names (upper case)."""
+    return cfg["images"]["instrument"].upper()
+
+
+def exposures(cfg: dict) -> list[str]:
+    """Science exposures of this run (config list, or what the instrument lists)."""
+    return list(cfg["images"]["exposures"] or instrument(cfg).exposure_names(cfg))
+
+
+def ccds(cfg: dict) -> list[str]:
+    names = instrument(cfg).section_names()
+    wanted = cfg["images"]["ccds"]
+    if wanted:
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise ValueError(f"images.ccds: unknown sections {unknown} of {cfg['images']['instrument']}")
+        return [c for c in names if c in wanted]
+    return names
+
+
+def reference_sets(cfg: dict) -> dict[tuple[str, str], list[str]]:
+    """Exposures that build the reference of each (field, filter): DemoCam's reference epochs."""
+    if cfg["images"]["instrument"] != "DemoCam":
+        return {}
+    from vo.images.instruments.democam.plan import parse_exposure
+
+    sets: dict[tuple[str, str], list[str]] = {}
+    for e in exposures(cfg):
+        field, filt, index = parse_exposure(cfg, e)
+        if index < cfg["DemoCam"]["reference_epochs"]:
+            sets.setdefault((f"f{field:02d}", filt), []).append(e)
+    return {k: v for k, v in sets.items() if len(v) >= cfg["references"]["min_images"]}
+
+
+def new_exposures(cfg: dict) -> dict[str, tuple[str, str]]:
+    """Exposures to subtract a reference from: exposure -> its (field, filter) reference key."""
+    if cfg["images"]["instrument"] != "DemoCam":
+        return {}
+    from vo.images.instruments.democam.plan import parse_exposure
+
+    refs = reference_sets(cfg)
+    out = {}
+    for e in exposures(cfg):
+        field, filt, index = parse_exposure(cfg, e)
+        key = (f"f{field:02d}", filt)
+        if index >= cfg["DemoCam"]["reference_epochs"] and key in refs:
+            out[e] = key
+    return out
+
+
+def unreferenced_exposures(cfg: dict) -> list[str]:
+    """Science exposures after the reference epochs whose field and filter have no reference (too
+    few reference epochs or inputs): they are calibrated and ingested but not subtracted."""
+    if cfg["images"]["instrument"] != "DemoCam":
+        return []
+    from vo.images.instruments.democam.plan import parse_exposure
+
+    news = new_exposures(cfg)
+    return [e for e in exposures(cfg)
+            if e not in news and parse_exposure(cfg, e)[2] >= cfg["DemoCam"]["reference_epochs"]]
+
+
+def previous_new_exposure(cfg: dict, exposure: str) -> str | None:
+    """The new exposure of the same field and filter just before ``exposure`` (by index)."""
+    news = new_exposures(cfg)
+    same = [e for e in news if news[e] == news[exposure]]
+    i = same.index(exposure)
+    return same[i - 1] if i > 0 else None
+
+
+def exposure_filter(cfg: dict, exposure: str) -> str:
+    """Filter of a science exposure (from its raw header, or the simulator's plan)."""
+    return instrument(cfg).exposure_filter(Paths(cfg), exposure)
+
+
+def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None = None,
+            filt: str | None = None, field: str | None = None, paths: Paths | None = None) -> tuple[dict, dict]:
+    """(inputs, outputs) of one job of image rule ``step`` as dicts of name -> path; ``paths``: the
+    run's :class:`Paths` of ``cfg`` (reused, its hashes are computed once)."""
+    P = paths or Paths(cfg)
+    inst = instrument(cfg)
+    key = instrument_key(cfg)
+
+    def prod(kind, **kw):
+        return str(P.product(kind, key, **kw))
+
+    def raw(name):
+        return str(inst.raw_path(P, name))
+
+    if step == "simulate_exposure":
+        return {}, {"raw": raw(exposure), "truth": str(P.raw_truth(key, exposure))}
+    if step == "simulate_calibration":
+        return {}, {"raw": raw(exposure)}
+    cal = inst.calibration_names(cfg)
+    if step == "master_bias":
+        return {"raw": [raw(n) for n in cal["bias"]]}, {"bias": prod("bias", ccd=ccd)}
+    if step == "master_flat":
+        return ({"raw": [raw(n) for n in cal["flat"][filt]], "bias": prod("bias", ccd=ccd)},
+                {"flat": prod("flat", ccd=ccd, filter=filt)})
+    e = {"exposure": exposure, "ccd": ccd}
+    if step == "preprocess":
+        f = filt or exposure_filter(cfg, exposure)
+        return ({"raw": raw(exposure), "bias": prod("bias", ccd=ccd), "flat": prod("flat", ccd=ccd, filter=f)},
+                {"image": prod("image", **e)})
+    if step == "extract":
+        return ({"image": prod("image", **e)},
+                {"sources": prod("sources", **e), "psf": prod("psf", **e), "background": prod("background", **e)})
+    if step == "astrometry":
+        return {"image": prod("image", **e), "sources": prod("sources", **e)}, {"wcs": prod("wcs", **e)}
+    if step == "zero_point":
+        return ({"image": prod("image", **e), "sources": prod("sources", **e), "psf": prod("psf", **e),
+                 "background": prod("background", **e), "wcs": prod("wcs", **e)},
+                {"zp": prod("zp", **e)})
+    if step == "references":
+        members = reference_sets(cfg)[(field, filt)]
+        per = {k: [prod(k, exposure=m, ccd=ccd) for m in members] for k in ("image", "psf", "wcs", "zp")}
+        prefix = prod("reference", field=field, filter=filt, ccd=ccd)
+        return per, {k: f"{prefix}.{k}.fits" for k in ("image", "psf", "sources")}
+    if step == "subtraction":
+        field, filt = new_exposures(cfg)[exposure]
+        ref = prod("reference", field=field, filter=filt, ccd=ccd)
+        return ({"image": prod("image", **e), "psf": prod("psf", **e), "wcs": prod("wcs", **e),
+                 "zp": prod("zp", **e), "ref_image": f"{ref}.image.fits", "ref_psf": f"{ref}.psf.fits",
+                 "ref_sources": f"{ref}.sources.fits"},
+                {"difference": prod("difference", **e), "aligned_reference": prod("aligned_reference", **e)})
+    if step == "detection":
+        return {"difference": prod("difference", **e)}, {"candidates": prod("candidates", **e)}
+    if step == "cutouts":
+        return ({"candidates": prod("candidates", **e), "image": prod("image", **e), "wcs": prod("wcs", **e),
+                 "aligned_reference": prod("aligned_reference", **e), "difference": prod("difference", **e)},
+                {"cutouts": prod("cutouts", **e)})
+    if step == "measurements":
+        field, filt = new_exposures(cfg)[exposure]
+        ref = prod("reference", field=field, filter=filt, ccd=ccd)
+        return ({"cutouts": prod("cutouts", **e), "candidates": prod("candidates", **e),
+                 "difference": prod("difference", **e), "zp": prod("zp", **e),
+                 "ref_sources": f"{ref}.sources.fits"},
+                {"measurements": prod("measurements", **e)})
+    if step == "rb_training_set":
+        field, filt = new_exposures(cfg)[exposure]
+        ref = prod("reference", field=field, filter=filt, ccd=ccd)
+        return ({"image": prod("image", **e), "psf": prod("psf", **e), "wcs": prod("wcs", **e),
+                 "zp": prod("zp", **e), "aligned_reference": prod("aligned_reference", **e),
+                 "ref_image": f"{ref}.image.fits", "ref_psf": f"{ref}.psf.fits"},
+                {"training_set": prod("training_set", **e)})
+    if step == "efficiency":
+        inputs, _ = rule_io("rb_training_set", cfg, exposure, ccd)
+        if cfg["scoring"]["algorithm"] == "democam_rb":
+            inputs["model"] = prod("rb_model")
+        return inputs, {"efficiency": prod("efficiency_fakes", **e)}
+    if step == "train_rb":
+        return ({"training_sets": [prod("training_set", exposure=x, ccd=c) for x in new_exposures(cfg)
+                                   for c in ccds(cfg)]},
+                {"model": prod("rb_model")})
+    if step == "scoring":
+        inputs = {"measurements": prod("measurements", **e), "cutouts": prod("cutouts", **e),
+                  "psf": prod("psf", **e)}
+        if cfg["scoring"]["algorithm"] == "democam_rb":
+            inputs["model"] = prod("rb_model")
+        return inputs, {"scores": prod("scores", **e)}
+    if step == "association":
+        field, filt = new_exposures(cfg)[exposure]
+        ref = prod("reference", field=field, filter=filt, ccd=ccd)
+        inputs = {"ingest_images": prod("ingest_images", **e), "difference": prod("difference", **e),
+                  "candidates": prod("candidates", **e), "cutouts": prod("cutouts", **e),
+                  "measurements": prod("measurements", **e), "scores": prod("scores", **e),
+                  "image": prod("image", **e), "zp": prod("zp", **e), "reference_image": f"{ref}.image.fits",
+                  "reference_psf": f"{ref}.psf.fits", "reference_sources": f"{ref}.sources.fits"}
+        earlier = previous_new_exposure(cfg, exposure)
+        if earlier:  # associate in time order, so object names do not depend on job order
+            inputs["previous"] = prod("association", exposure=earlier, ccd=ccd)
+        return inputs, {"receipt": prod("association", **e)}
+    if step == "alerts":
+        return ({"association": [prod("association", exposure=exposure, ccd=c) for c in ccds(cfg)]},
+                {"alerts": prod("alerts", exposure=exposure), "forced": prod("forced", exposure=exposure)})
+    if step == "efficiency_summary":
+        return ({"efficiency": [prod("efficiency_fakes", exposure=x, ccd=c) for x in new_exposures(cfg)
+                                for c in ccds(cfg)]},
+                {"summary": prod("efficiency_summary"), "plot": prod("efficiency_plot")})
+    if step == "ingest_images":
+        return ({"raw": raw(exposure), "image": prod("image", **e), "sources": prod("sources", **e),
+                 "psf": prod("psf", **e), "background": prod("background", **e), "wcs": prod("wcs", **e),
+                 "zp": prod("zp", **e)},
+                {"receipt": prod("ingest_images", **e)})
+    raise KeyError(f"unknown image rule {step!r}")
+
+
+def file_attrs(cfg: dict, step: str) -> dict:
+    """Provenance attributes for the files of an image step (its ``obs`` is the instrument)."""
+    return vprov.file_attrs(cfg, step, instrument_key(cfg))
+
+
+def skippable(prov_step: str):
+    """Decorate a transient rule body ``run_x(cfg, *job, inputs, outputs)``: when an input is a
+    skipped-product marker, or the body raises :class:`SkipProduct`, every output is written as a
+    skipped marker with the reason (and the step's provenance) and a warning is logged, instead of
+    failing the job (see :mod:`vo.pipeline.skipped`)."""
+    def decorate(func):
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def run(*args, **kwargs) -> None:
+            bound = signature.bind(*args, **kwargs).arguments
+            cfg, inputs, outputs = bound["cfg"], bound["inputs"], bound["outputs"]
+            job = [str(v) for k, v in bound.items() if k not in ("cfg", "inputs", "outputs")]
+            hit = first_skipped(inputs.values())
+            if hit is None:
+                try:
+                    return func(*args, **kwargs)
+                except SkipProduct as exc:
+                    why = str(exc)
+            else:
+                why = hit[1]
+            log.warning("%s %s: skipped: %s", func.__name__.removeprefix("run_"), " ".join(job), why)
+            for path in outputs.values():
+                write_skipped(path, why, file_attrs(cfg, prov_step))
+        return run
+    return decorate
+
