@@ -39,6 +39,14 @@ def exposures(cfg: dict) -> list[str]:
     return list(cfg["images"]["exposures"] or instrument(cfg).exposure_names(cfg))
 
 
+def planned_config(cfg: dict) -> dict:
+    """``cfg`` with the run's science, bias and flat exposures listed (``images.exposures``,
+    ``bias_exposures``, ``flat_exposures``), so the raw folder is read once, not per job."""
+    cal = instrument(cfg).calibration_names(cfg)
+    return {**cfg, "images": {**cfg["images"], "exposures": exposures(cfg), "bias_exposures": cal["bias"],
+                              "flat_exposures": cal["flat"]}}
+
+
 def ccds(cfg: dict) -> list[str]:
     names = instrument(cfg).section_names()
     wanted = cfg["images"]["ccds"]
@@ -50,46 +58,32 @@ def ccds(cfg: dict) -> list[str]:
     return names
 
 
-def reference_sets(cfg: dict) -> dict[tuple[str, str], list[str]]:
-    """Exposures that build the reference of each (field, filter): DemoCam's reference epochs."""
-    if cfg["images"]["instrument"] != "DemoCam":
-        return {}
-    from vo.images.instruments.democam.plan import parse_exposure
+_PLANS: dict[str, object] = {}
 
-    sets: dict[tuple[str, str], list[str]] = {}
-    for e in exposures(cfg):
-        field, filt, index = parse_exposure(cfg, e)
-        if index < cfg["DemoCam"]["reference_epochs"]:
-            sets.setdefault((f"f{field:02d}", filt), []).append(e)
-    return {k: v for k, v in sets.items() if len(v) >= cfg["references"]["min_images"]}
+
+def reference_plan(cfg: dict):
+    """The instrument's :class:`~vo.images.instruments.base.ReferencePlan` of this run's exposures
+    (computed once per config in a process)."""
+    key = vprov.canonical_json(cfg)
+    if key not in _PLANS:
+        _PLANS[key] = instrument(cfg).reference_plan(cfg, exposures(cfg))
+    return _PLANS[key]
+
+
+def reference_sets(cfg: dict) -> dict[tuple[str, str], list[str]]:
+    """Exposures that build the reference of each (field, filter)."""
+    return reference_plan(cfg).sets
 
 
 def new_exposures(cfg: dict) -> dict[str, tuple[str, str]]:
     """Exposures to subtract a reference from: exposure -> its (field, filter) reference key."""
-    if cfg["images"]["instrument"] != "DemoCam":
-        return {}
-    from vo.images.instruments.democam.plan import parse_exposure
-
-    refs = reference_sets(cfg)
-    out = {}
-    for e in exposures(cfg):
-        field, filt, index = parse_exposure(cfg, e)
-        key = (f"f{field:02d}", filt)
-        if index >= cfg["DemoCam"]["reference_epochs"] and key in refs:
-            out[e] = key
-    return out
+    return reference_plan(cfg).new
 
 
 def unreferenced_exposures(cfg: dict) -> list[str]:
-    """Science exposures after the reference epochs whose field and filter have no reference (too
-    few reference epochs or inputs): they are calibrated and ingested but not subtracted."""
-    if cfg["images"]["instrument"] != "DemoCam":
-        return []
-    from vo.images.instruments.democam.plan import parse_exposure
-
-    news = new_exposures(cfg)
-    return [e for e in exposures(cfg)
-            if e not in news and parse_exposure(cfg, e)[2] >= cfg["DemoCam"]["reference_epochs"]]
+    """Exposures that should be subtracted but whose field and filter have no reference (too few
+    reference exposures or inputs): they are calibrated and ingested but not subtracted."""
+    return reference_plan(cfg).unreferenced
 
 
 def previous_new_exposure(cfg: dict, exposure: str) -> str | None:

@@ -83,8 +83,7 @@ def _run_exposure(step: str, cfg: dict, exposure: str, threads: int) -> None:
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
-    cal = image_io.instrument(cfg).calibration_names(cfg)  # read the raw folder once, not per CCD
-    cfg = vconfig.deep_merge(cfg, {"images": {"bias_exposures": cal["bias"], "flat_exposures": cal["flat"]}})
+    cfg = image_io.planned_config(cfg)  # read the raw folder once, not per CCD
     ccds = image_io.ccds(cfg)
     run = partial(_run_ccd, step, cfg, exposure)
     t0 = time.perf_counter()

@@ -41,11 +41,13 @@ STATES = ("done", "flagged", "failed", "missing")
 
 @dataclass
 class Job:
-    """One job of the workflow: its rule, wildcards and output files."""
+    """One job of the workflow: its rule, wildcards and output files (``outputs``: those that stay;
+    ``io``: the job's (inputs, outputs) of ``rule_io``, temporary outputs too)."""
 
     rule: str
     wildcards: dict
     outputs: list[str]
+    io: tuple = (None, None)
 
 
 @dataclass
@@ -76,34 +78,32 @@ def _outputs(files: dict) -> list[str]:
 
 def lightcurve_jobs(cfg: dict, paths: Paths, ra_bins: list[int]) -> list[Job]:
     """The light-curve jobs of ``cfg`` over ``ra_bins`` (targets, per bin, per observatory)."""
-    out = [Job("targets", {}, _outputs(workflow.rule_io("targets", cfg, ra_bins=ra_bins, paths=paths)[1]))]
+    def job(rule, wildcards, obs=None, b=None):
+        io = workflow.rule_io(rule, cfg, obs, b, ra_bins, paths=paths)
+        return Job(rule, wildcards, _outputs(io[1]), io)
+
+    out = [job("targets", {})]
     for obs in (o.upper() for o in cfg["project"]["obs_names"]):
         for b in ra_bins:
-            for rule in workflow.PER_BIN:
-                files = workflow.rule_io(rule, cfg, obs, b, ra_bins, paths=paths)[1]
-                out.append(Job(rule, {"obs": obs, "ra_bin": f"{int(b):03d}"}, _outputs(files)))
-        for rule in ("combine", "plots"):
-            out.append(Job(rule, {"obs": obs}, _outputs(workflow.rule_io(rule, cfg, obs, None, ra_bins,
-                                                                         paths=paths)[1])))
+            out += [job(rule, {"obs": obs, "ra_bin": f"{int(b):03d}"}, obs, b) for rule in workflow.PER_BIN]
+        out += [job(rule, {"obs": obs}, obs) for rule in ("combine", "plots")]
     return out
 
 
 def image_jobs(cfg: dict, paths: Paths) -> list[Job]:
     """The image-pipeline jobs of ``cfg`` (raw exposures and their simulation are not products)."""
     inst = image_rules.instrument(cfg)
-    exposures, ccds = image_rules.exposures(cfg), image_rules.ccds(cfg)
-    cal = inst.calibration_names(cfg)
-    cfg = {**cfg, "images": {**cfg["images"], "exposures": exposures, "bias_exposures": cal["bias"],
-                             "flat_exposures": cal["flat"]}}  # the raw folder is read once
+    cfg = image_rules.planned_config(cfg)  # the raw folder is read once
+    exposures, ccds = cfg["images"]["exposures"], image_rules.ccds(cfg)
     filt_of = {e: inst.exposure_filter(paths, e) for e in exposures}
     news = image_rules.new_exposures(cfg)
     democam_rb = cfg["scoring"]["algorithm"] == "democam_rb"
     out = []
 
     def add(rule, exposure=None, ccd=None, filt=None, fld=None):
-        files = image_rules.rule_io(rule, cfg, exposure, ccd, filt, fld, paths=paths)[1]
+        io = image_rules.rule_io(rule, cfg, exposure, ccd, filt, fld, paths=paths)
         wc = {"exposure": exposure, "ccd": ccd, "filter": filt, "field": fld}
-        out.append(Job(rule, {k: v for k, v in wc.items() if v is not None}, _outputs(files)))
+        out.append(Job(rule, {k: v for k, v in wc.items() if v is not None}, _outputs(io[1]), io))
 
     for c in ccds:
         add("master_bias", ccd=c)

@@ -6,7 +6,7 @@
 # and the alerts (one AVRO file per exposure) run outside the group.
 
 
-if INST == "DemoCam":
+if INSTRUMENT.simulated:
 
     rule simulate_exposure:
         output:

@@ -4,7 +4,6 @@ import re
 from vo.pipeline import image_io as image_rules
 from vo.steps import KIND_STEP, step_of
 
-INST = CFG["images"]["instrument"]
 IKEY = image_rules.instrument_key(CFG)
 INSTRUMENT = image_rules.instrument(CFG)
 EXPOSURES = image_rules.exposures(CFG)

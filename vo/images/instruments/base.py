@@ -70,6 +70,21 @@ def raw_name(path: str | Path) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class ReferencePlan:
+    """The references of a run and the new exposures paired with them.
+
+    sets : (field, filter) -> the exposures coadded into that reference, in time order.
+    new : new exposure -> the (field, filter) of its reference, in time order.
+    unreferenced : exposures that should be subtracted but have no reference (too few
+        reference exposures): calibrated and ingested only.
+    """
+
+    sets: dict
+    new: dict
+    unreferenced: list
+
+
 @dataclass
 class RawSection:
     """One section (CCD) of a raw exposure.
@@ -140,6 +155,9 @@ class Instrument:
     default_gain = 1.0
     default_read_noise = 0.0
 
+    #: raw exposures are simulated (rules simulate_exposure and simulate_calibration make them)
+    simulated = False
+
     def __init__(self, cfg: dict | None = None):
         self.cfg = cfg or {}
 
@@ -183,6 +201,12 @@ class Instrument:
             info = self.read_exposure_header(p)
             out.setdefault(info["exposure"], {"kind": info["kind"], "filter": info["filter"]})
         return out
+
+    def reference_plan(self, cfg: dict, exposures: list[str]) -> ReferencePlan:
+        """Which of ``exposures`` build references and which are subtracted from one.  The base
+        instrument plans none (its exposures are calibrated, not subtracted); a camera whose
+        exposures say which are references (DemoCam's epochs) overrides this."""
+        return ReferencePlan({}, {}, [])
 
     def catalog_fetcher(self):
         """A reference-catalog fetcher of the instrument's own (a simulated camera's catalog), or

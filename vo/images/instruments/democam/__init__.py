@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vo.images.instruments.base import Instrument, Slices
+from vo.images.instruments.base import Instrument, ReferencePlan, Slices
 from vo.images.instruments.democam import plan
 
 
@@ -18,6 +18,7 @@ class DemoCam(Instrument):
     """
 
     name = plan.INSTRUMENT
+    simulated = True
     keywords = {**Instrument.keywords, "section": ("EXTNAME", "CCDNAME")}
 
     def __init__(self, cfg: dict):
@@ -37,6 +38,21 @@ class DemoCam(Instrument):
 
     def calibration_names(self, cfg: dict) -> dict:
         return plan.calibration_names(cfg)
+
+    def reference_plan(self, cfg: dict, exposures: list[str]) -> ReferencePlan:
+        """The first ``DemoCam.reference_epochs`` exposures of each field and filter build its
+        reference (when there are ``references.min_images``); the later ones are new."""
+        n_ref = cfg["DemoCam"]["reference_epochs"]
+        parsed = {e: plan.parse_exposure(cfg, e) for e in exposures}
+        sets: dict[tuple[str, str], list[str]] = {}
+        for e, (field, filt, index) in parsed.items():
+            if index < n_ref:
+                sets.setdefault((f"f{field:02d}", filt), []).append(e)
+        sets = {k: v for k, v in sets.items() if len(v) >= cfg["references"]["min_images"]}
+        later = [e for e, (_, _, index) in parsed.items() if index >= n_ref]
+        new = {e: (f"f{parsed[e][0]:02d}", parsed[e][1]) for e in later}
+        return ReferencePlan(sets, {e: k for e, k in new.items() if k in sets},
+                             [e for e, k in new.items() if k not in sets])
 
     def catalog_fetcher(self):
         """Tiles of the simulated Gaia-like catalog (offline)."""
