@@ -16,7 +16,7 @@ To change the schema: change the models, then run ``vo db revision -m "..."`` on
 at the newest revision; it writes ``migrations/versions/NNNN_*.py`` from the differences
 (Alembic autogenerate).  Review it: autogenerate does not see renamed columns or CHECK
 constraints, and SQLite needs ``batch_alter_table`` for column changes.
-``tests/test_migrations.py`` checks that upgrading an older database gives exactly the
+``tests/db/test_migrations.py`` checks that upgrading an older database gives exactly the
 models' schema.  The q3c indexes (:func:`vo.db.engine.ensure_q3c`) are outside migrations.
 """
 

@@ -13,7 +13,7 @@ gathering is hand-written: ``map_coordinates`` costs 1.8 s per CCD for the scien
 on one core and cannot give the squared-weight sums needed for the variance; this does science,
 variance and flags in one pass.  Why not a cheaper kernel: bilinear or Keys cubic convolution
 blur a 2.6-pix-FWHM star enough that a Moffat PSF fitted to the resampled image gives fluxes 1.2%
-(Keys) low; the cubic spline keeps that to ~0.4% (tests/test_align.py).
+(Keys) low; the cubic spline keeps that to ~0.4% (tests/images/reference/test_align.py).
 
 Flux: the science image is in e- per pixel, so the interpolated surface brightness is multiplied
 by the pixel-area ratio ``|J| = |det d(x_src, y_src) / d(x_tgt, y_tgt)|`` (source pixels per target

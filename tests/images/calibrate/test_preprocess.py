@@ -26,8 +26,8 @@ from vo.images.instruments.base import RawSection
 from vo.images.calibrate.flagging import detect_cosmic_rays
 from vo.images.calibrate.preprocess import preprocess
 from vo.io.fits import FitsError
+from testdata import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DECAM_STAMP = "DEC-OBS04a.mini.fits"
 PARS = vconfig.defaults()["preprocessing"]
 CAL = vconfig.defaults()["calibration"]

@@ -19,8 +19,9 @@ import pytest
 from astropy.io import fits
 from scipy.spatial import cKDTree
 
-from vo import config as vconfig
 from vo.pipeline import images as R
+
+from democam import democam_config, make
 
 N_REF = 3
 
@@ -36,23 +37,13 @@ def demo(tmp_path_factory):
     from vo.images.photometry.zeropoint import read_zp
     from vo.paths import Paths
 
-    root = tmp_path_factory.mktemp("vo_data")
-    cfg = vconfig.load_config(overrides={
-        "project": {"data_root": str(root)}, "images": {"enabled": True},
-        "DemoCam": {"n_ccds": 1, "ccd_shape": [1024, 1024], "n_exposures": 4, "reference_epochs": N_REF,
-                    "n_bias": 3, "n_flats": 2}})
+    cfg = democam_config(tmp_path_factory.mktemp("vo_data"), ccd_shape=[1024, 1024], n_exposures=4,
+                         reference_epochs=N_REF)
     ccd = R.ccds(cfg)[0]
-    cal = R.instrument(cfg).calibration_names(cfg)
-    for nm in cal["bias"] + cal["flat"]["r"]:
-        R.run_simulate_calibration(cfg, nm, *R.rule_io("simulate_calibration", cfg, nm))
-    R.run_master_bias(cfg, ccd, *R.rule_io("master_bias", cfg, ccd=ccd))
-    R.run_master_flat(cfg, ccd, "r", *R.rule_io("master_flat", cfg, ccd=ccd, filt="r"))
     refs = sorted(R.exposures(cfg))[:N_REF]
+    make(cfg, "zero_point", exposures=refs)
     out = []
     for exp in refs:
-        R.run_simulate_exposure(cfg, exp, *R.rule_io("simulate_exposure", cfg, exp))
-        for step in ("preprocess", "extract", "astrometry", "zero_point"):
-            getattr(R, f"run_{step}")(cfg, exp, ccd, *R.rule_io(step, cfg, exp, ccd))
         inputs, outputs = R.rule_io("zero_point", cfg, exp, ccd)
         sol, zp = read_wcs(inputs["wcs"]), read_zp(outputs["zp"])
         assert sol.ok and zp.ok

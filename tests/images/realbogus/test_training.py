@@ -17,10 +17,11 @@ import pytest
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
-from vo import config as vconfig
 from vo.pipeline import images as R
 from vo.images.realbogus import score as S
 from vo.images.realbogus import training as T
+
+from democam import democam_config, make
 
 TRAIN_EXPOSURES = ("dc_f00_r_002", "dc_f00_r_003")
 HELD_OUT = "dc_f00_r_004"
@@ -28,29 +29,7 @@ MATCH = 1.5  # pix
 
 
 def demo_config(root) -> dict:
-    pars = {"n_ccds": 1, "ccd_shape": [512, 512], "n_exposures": 5, "reference_epochs": 2, "n_bias": 3,
-            "n_flats": 2}
-    return vconfig.load_config(overrides={"project": {"data_root": str(root)}, "images": {"enabled": True},
-                                          "DemoCam": pars})
-
-
-def run_pipeline(cfg: dict) -> None:
-    """Simulate -> ... -> measurements with the rule bodies, for every exposure of the config."""
-    ccd = R.ccds(cfg)[0]
-    cal = R.instrument(cfg).calibration_names(cfg)
-    for name in cal["bias"] + cal["flat"]["r"]:
-        R.run_simulate_calibration(cfg, name, *R.rule_io("simulate_calibration", cfg, name))
-    R.run_master_bias(cfg, ccd, *R.rule_io("master_bias", cfg, ccd=ccd))
-    R.run_master_flat(cfg, ccd, "r", *R.rule_io("master_flat", cfg, ccd=ccd, filt="r"))
-    for exp in R.exposures(cfg):
-        R.run_simulate_exposure(cfg, exp, *R.rule_io("simulate_exposure", cfg, exp))
-        for step in ("preprocess", "extract", "astrometry", "zero_point"):
-            getattr(R, f"run_{step}")(cfg, exp, ccd, *R.rule_io(step, cfg, exp, ccd))
-    for (field, filt), _ in R.reference_sets(cfg).items():
-        R.run_references(cfg, field, filt, ccd, *R.rule_io("references", cfg, ccd=ccd, filt=filt, field=field))
-    for exp in R.new_exposures(cfg):
-        for step in ("subtraction", "detection", "cutouts", "measurements"):
-            getattr(R, f"run_{step}")(cfg, exp, ccd, *R.rule_io(step, cfg, exp, ccd))
+    return democam_config(root, n_exposures=5, reference_epochs=2)
 
 
 def truth_of(cfg: dict, exposure: str) -> Table:
@@ -83,7 +62,7 @@ def inputs_of(cfg: dict, exposure: str) -> dict:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     cfg = demo_config(tmp_path_factory.mktemp("vo_data"))
-    run_pipeline(cfg)
+    make(cfg, "measurements")
     assert sorted(R.new_exposures(cfg)) == sorted((*TRAIN_EXPOSURES, HELD_OUT))
     return cfg, {e: inputs_of(cfg, e) for e in (*TRAIN_EXPOSURES, HELD_OUT)}
 

@@ -4,7 +4,6 @@ the provenance and the architecture document all agree with it."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,8 @@ from vo import config as vconfig
 from vo import provenance as vprov
 from vo import steps as vsteps
 from vo.cli import with_step_table
+from testdata import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 #: rules of the Snakefile that are not steps' rules: the run's targets and its report
 NOT_STEP_RULES = {"all", "benchmark_table"}
 

@@ -38,8 +38,9 @@ import astropy.units as u
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from vo import config as vconfig
 from vo.pipeline import images as R
+
+from democam import democam_config, make
 
 CCD_SHAPE = [1024, 1024]
 N_EXPOSURES = 6  # planned; the best- and worst-seeing ones of these are run
@@ -48,10 +49,7 @@ MATCH_RADIUS = 1.0  # pix
 
 def demo_config(root, **democam) -> dict:
     """A small DemoCam config in data root ``root`` (1 CCD, 2 exposures, few calibrations)."""
-    pars = {"n_ccds": 1, "ccd_shape": CCD_SHAPE, "n_exposures": N_EXPOSURES, "n_bias": 3,
-            "n_flats": 2, **democam}
-    return vconfig.load_config(overrides={"project": {"data_root": str(root)},
-                                          "images": {"enabled": True}, "DemoCam": pars})
+    return democam_config(root, ccd_shape=CCD_SHAPE, n_exposures=N_EXPOSURES, **democam)
 
 
 def extreme_seeing(cfg: dict) -> list[str]:
@@ -65,18 +63,8 @@ def extreme_seeing(cfg: dict) -> list[str]:
 def run_pipeline(cfg: dict, exposures: list[str]) -> dict:
     """Run every rule body of the DemoCam chain; returns {exposure: (inputs, outputs)} of zero_point."""
     ccd = R.ccds(cfg)[0]
-    cal = R.instrument(cfg).calibration_names(cfg)
-    for name in cal["bias"] + cal["flat"]["r"]:
-        R.run_simulate_calibration(cfg, name, *R.rule_io("simulate_calibration", cfg, name))
-    R.run_master_bias(cfg, ccd, *R.rule_io("master_bias", cfg, ccd=ccd))
-    R.run_master_flat(cfg, ccd, "r", *R.rule_io("master_flat", cfg, ccd=ccd, filt="r"))
-    out = {}
-    for exp in exposures:
-        R.run_simulate_exposure(cfg, exp, *R.rule_io("simulate_exposure", cfg, exp))
-        for step in ("preprocess", "extract", "astrometry", "zero_point"):
-            getattr(R, f"run_{step}")(cfg, exp, ccd, *R.rule_io(step, cfg, exp, ccd))
-        out[exp] = R.rule_io("zero_point", cfg, exp, ccd)
-    return out
+    make(cfg, "zero_point", exposures=exposures)
+    return {exp: R.rule_io("zero_point", cfg, exp, ccd) for exp in exposures}
 
 
 @dataclass

@@ -19,8 +19,9 @@ from scipy.stats import spearmanr
 
 from vo.images.realbogus import braai as B
 from vo.images.realbogus import score as S
+from testdata import DATA as TEST_DATA
 
-DATA = Path(__file__).parent / "data"
+DATA = TEST_DATA
 ALERTS = DATA / "ztf_alerts" / "ztf_public_20180819_mod1000.tar.gz"
 
 

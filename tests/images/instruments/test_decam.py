@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,9 @@ from vo import config as vconfig
 from vo.images.instruments import get_instrument
 from vo.images.instruments.decam import BAD_SECTIONS, ccdnum
 from vo.io.fits import FitsError
+from testdata import DATA as TEST_DATA
 
-DATA = Path(__file__).parent / "data" / "decam"
+DATA = TEST_DATA / "decam"
 STAMPS = sorted(DATA.glob("DEC-OBS*.mini.fits"))
 
 

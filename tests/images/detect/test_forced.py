@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,8 +13,9 @@ from scipy import ndimage
 from vo.images import flags as pixflags
 from vo.images.detect.forced import forced_photometry, forced_photometry_sky, shifted_stamps
 from vo.images.extract.psf import PSFModel
+from testdata import DATA as TEST_DATA
 
-DECAM = Path(__file__).parent / "data" / "decam" / "DEC-OBS04a.mini.fits"
+DECAM = TEST_DATA / "decam" / "DEC-OBS04a.mini.fits"
 
 
 def moffat_model(fwhm: float, shape, beta: float = 3.0) -> PSFModel:

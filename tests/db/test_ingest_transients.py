@@ -31,6 +31,8 @@ from vo.pipeline.alert_packets import build_alerts, undetected_forced_photometry
 from vo.sky import unit_vectors
 from vo.io.fits import read_provenance
 
+from democam import democam_config, make
+
 PROJECT = "ITEST"
 MATCH_ARCSEC = 1.0
 
@@ -54,30 +56,15 @@ def _write_scores(cfg: dict, cutouts_file: str, measurements_file: str) -> str:
 @pytest.fixture(scope="module")
 def products(tmp_path_factory):
     """Run the DemoCam chain through measurements (and scores) in a temporary data root."""
-    root = tmp_path_factory.mktemp("vo_transients")
-    cfg = vconfig.load_config(overrides={
-        "project": {"data_root": str(root), "name": PROJECT}, "images": {"enabled": True},
-        "DemoCam": {"n_ccds": 1, "ccd_shape": [512, 512], "n_exposures": 4, "reference_epochs": 2,
-                    "n_bias": 3, "n_flats": 2}})
+    cfg = democam_config(tmp_path_factory.mktemp("vo_transients"), project=PROJECT, n_exposures=4,
+                         reference_epochs=2)
+    make(cfg, "measurements")
     ccd = R.ccds(cfg)[0]
-    cal = R.instrument(cfg).calibration_names(cfg)
-    for name in cal["bias"] + cal["flat"]["r"]:
-        R.run_simulate_calibration(cfg, name, *R.rule_io("simulate_calibration", cfg, name))
-    R.run_master_bias(cfg, ccd, *R.rule_io("master_bias", cfg, ccd=ccd))
-    R.run_master_flat(cfg, ccd, "r", *R.rule_io("master_flat", cfg, ccd=ccd, filt="r"))
-    image_files = {}
-    for exp in R.exposures(cfg):
-        R.run_simulate_exposure(cfg, exp, *R.rule_io("simulate_exposure", cfg, exp))
-        for step in ("preprocess", "extract", "astrometry", "zero_point"):
-            getattr(R, f"run_{step}")(cfg, exp, ccd, *R.rule_io(step, cfg, exp, ccd))
-        image_files[exp] = R.rule_io("ingest_images", cfg, exp, ccd)[0]
+    image_files = {exp: R.rule_io("ingest_images", cfg, exp, ccd)[0] for exp in R.exposures(cfg)}
     (field, filt), = R.reference_sets(cfg)
     ref_files = R.rule_io("references", cfg, ccd=ccd, filt=filt, field=field)[1]
-    R.run_references(cfg, field, filt, ccd, *R.rule_io("references", cfg, ccd=ccd, filt=filt, field=field))
     transient_files = {}
     for exp in R.new_exposures(cfg):
-        for step in ("subtraction", "detection", "cutouts", "measurements"):
-            getattr(R, f"run_{step}")(cfg, exp, ccd, *R.rule_io(step, cfg, exp, ccd))
         sub_in, sub_out = R.rule_io("subtraction", cfg, exp, ccd)
         f = {"difference": sub_out["difference"],
              "candidates": R.rule_io("detection", cfg, exp, ccd)[1]["candidates"],

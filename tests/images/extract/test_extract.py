@@ -3,7 +3,6 @@ with a truth table, SExtractor agreement on real data (tests/data/sep_ntt), file
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,9 @@ from vo.images.extract import (PIXFLAG_SHIFT, ExtractionError, extract, read_sou
                                write_sources)
 from vo.images.image import Image
 from vo.io.fits import FitsError
+from testdata import DATA as TEST_DATA
 
-NTT = Path(__file__).parent / "data" / "sep_ntt"
+NTT = TEST_DATA / "sep_ntt"
 
 
 def moffat_pixels(dx, dy, alpha1, alpha2, phi, beta, sub=5):

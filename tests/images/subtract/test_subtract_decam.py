@@ -29,7 +29,6 @@ Both ZOGY and Alard-Lupton are run. Run with ``-s`` to see the figures.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,8 +42,9 @@ from vo.images import flags as pixflags
 from vo.images.image import Image
 from vo.images.calibrate.flagging import detect_cosmic_rays
 from vo.images.subtract import subtract
+from testdata import DATA as TEST_DATA
 
-DATA = Path(__file__).parent / "data" / "decam"
+DATA = TEST_DATA / "decam"
 PAIRS = [("DEC-OBS04a", "DEC-OBS04e"), ("DEC-OBS18a", "DEC-OBS18e")]
 ZP_NEW = 30.0  # arbitrary zero point of the new epoch; the reference's follows from the stars
 

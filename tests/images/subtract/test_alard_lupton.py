@@ -1,5 +1,5 @@
 """Alard-Lupton subtraction (vo.images.subtract.alard_lupton) on simulated pairs with a truth
-table (the pairs and bars of tests/test_zogy.py), its kernel, direction choice and errors."""
+table (the pairs and bars of tests/images/subtract/test_zogy.py), its kernel, direction choice and errors."""
 
 from __future__ import annotations
 

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from vo import config as vconfig
 from vo.pipeline import images as R
 from vo.io.fits import FitsError
+
+from democam import democam_config, make
 
 EXPOSURE = "dc_f00_r_000"
 
@@ -31,21 +32,10 @@ def demo(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.delenv("VO_DATA", raising=False)
     try:
-        root = tmp_path_factory.mktemp("images_bad_input")
-        cfg = vconfig.load_config(overrides={
-            "project": {"data_root": str(root)}, "images": {"enabled": True},
-            "DemoCam": {"n_ccds": 1, "ccd_shape": [512, 512], "n_exposures": 1, "n_bias": 2, "n_flats": 1}})
+        cfg = democam_config(tmp_path_factory.mktemp("images_bad_input"), n_exposures=1, n_bias=2, n_flats=1)
         ccd = R.ccds(cfg)[0]
-        cal = R.instrument(cfg).calibration_names(cfg)
-        for name in cal["bias"] + cal["flat"]["r"]:
-            R.run_simulate_calibration(cfg, name, *R.rule_io("simulate_calibration", cfg, name))
-        R.run_master_bias(cfg, ccd, *R.rule_io("master_bias", cfg, ccd=ccd))
-        R.run_master_flat(cfg, ccd, "r", *R.rule_io("master_flat", cfg, ccd=ccd, filt="r"))
-        R.run_simulate_exposure(cfg, EXPOSURE, *R.rule_io("simulate_exposure", cfg, EXPOSURE))
-        io = {}
-        for step in ("preprocess", "extract"):
-            io[step] = R.rule_io(step, cfg, EXPOSURE, ccd)
-            getattr(R, f"run_{step}")(cfg, EXPOSURE, ccd, *io[step])
+        make(cfg, "extract", exposures=[EXPOSURE])
+        io = {step: R.rule_io(step, cfg, EXPOSURE, ccd) for step in ("preprocess", "extract")}
         yield cfg, ccd, io
     finally:
         mp.undo()

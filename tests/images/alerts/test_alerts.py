@@ -12,15 +12,15 @@ from __future__ import annotations
 import io
 import json
 import socket
-from pathlib import Path
 
 import fastavro
 import numpy as np
 import pytest
 
 from vo.images import alerts as A
+from testdata import DATA as TEST_DATA
 
-ZTF = Path(__file__).parent / "data" / "ztf_alerts" / "ztf_public_20180819_mod1000.tar.gz"
+ZTF = TEST_DATA / "ztf_alerts" / "ztf_public_20180819_mod1000.tar.gz"
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from vo.lightcurves.datasets import (INDEX_KEY, Lightcurve, RawPhotometry, read_
                                     write_lightcurves)
 from vo.lightcurves.rawstore import RawStore, StoreError, update_hdf5
 from vo.provenance import short_hash
+from testdata import REPO
 
 matplotlib.use("Agg")
-REPO = Path(__file__).resolve().parent.parent
 
 
 def raw_table(n=50, seed=0) -> pd.DataFrame:

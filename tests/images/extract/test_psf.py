@@ -56,7 +56,7 @@ def test_derivatives_match_finite_differences():
 def _star_field(seed=2, shape=(600, 600), n=120):
     """Bright isolated stars on a grid; Moffat beta 3.5, FWHM 2.5 + 1.0 x/nx (test's own renderer,
     exact-ish integration with 7x7 samples per pixel)."""
-    from test_extract import moffat_pixels as truth_pixels  # tests/ is on sys.path under pytest
+    from test_extract import moffat_pixels as truth_pixels  # this folder is on sys.path under pytest
     rng = np.random.default_rng(seed)
     ny, nx = shape
     g = np.linspace(30, nx - 31, 11)

@@ -16,7 +16,6 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,8 +28,9 @@ from vo.lightcurves.observatories import get_observatory
 from vo.lightcurves.observatories.ztf import (
     ZTF_EPOCH_RANGE, BulkIndex, IRSAClient, VirtualZTF, ZTFCredentialsError, ZTFError,
     cone_radius_arcsec, load_credentials)
+from testdata import DATA as TEST_DATA
 
-DATA = Path(__file__).parent / "data" / "ztf_dr5_sample"
+DATA = TEST_DATA / "ztf_dr5_sample"
 PARQUET = DATA / "ztf_000250_zg_c01_q1_dr5.parquet"
 TARGET_OID = 250101100001160     # 105 epochs, 13 with catflags != 0
 NEIGHBOUR_OID = 250101100004154  # 4.95 arcsec from the target

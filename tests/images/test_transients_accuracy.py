@@ -43,6 +43,8 @@ from scipy.spatial import cKDTree
 from vo import config as vconfig
 from vo.pipeline import images as R
 
+from democam import democam_config, make
+
 CCD_SHAPE = [1024, 1024]
 N_CCDS = 2
 N_EXPOSURES = 6
@@ -54,39 +56,14 @@ EDGE = 10  # pix: transients this close to the CCD border are not eligible
 
 
 def demo_config(root) -> dict:
-    pars = {"n_ccds": N_CCDS, "ccd_shape": CCD_SHAPE, "n_exposures": N_EXPOSURES,
-            "reference_epochs": REFERENCE_EPOCHS, "n_transients": N_TRANSIENTS, "n_bias": 3, "n_flats": 2}
-    return vconfig.load_config(overrides={"project": {"data_root": str(root), "name": "TRACC"},
-                                          "images": {"enabled": True}, "DemoCam": pars})
+    return democam_config(root, project="TRACC", n_ccds=N_CCDS, ccd_shape=CCD_SHAPE, n_exposures=N_EXPOSURES,
+                          reference_epochs=REFERENCE_EPOCHS, n_transients=N_TRANSIENTS)
 
 
 def run_pipeline(cfg: dict) -> None:
-    """Every rule body from the simulation through association, in dependency order."""
-    cal = R.instrument(cfg).calibration_names(cfg)
-    for name in cal["bias"] + cal["flat"]["r"]:
-        R.run_simulate_calibration(cfg, name, *R.rule_io("simulate_calibration", cfg, name))
-    ccds = R.ccds(cfg)
-    for ccd in ccds:
-        R.run_master_bias(cfg, ccd, *R.rule_io("master_bias", cfg, ccd=ccd))
-        R.run_master_flat(cfg, ccd, "r", *R.rule_io("master_flat", cfg, ccd=ccd, filt="r"))
-    for exp in R.exposures(cfg):
-        R.run_simulate_exposure(cfg, exp, *R.rule_io("simulate_exposure", cfg, exp))
-        for ccd in ccds:
-            for step in ("preprocess", "extract", "astrometry", "zero_point", "ingest_images"):
-                getattr(R, f"run_{step}")(cfg, exp, ccd, *R.rule_io(step, cfg, exp, ccd))
-    for (fld, filt) in R.reference_sets(cfg):
-        for ccd in ccds:
-            R.run_references(cfg, fld, filt, ccd, *R.rule_io("references", cfg, ccd=ccd, filt=filt, field=fld))
-    news = list(R.new_exposures(cfg))
-    for exp in news:
-        for ccd in ccds:
-            for step in ("subtraction", "detection", "cutouts", "measurements", "rb_training_set"):
-                getattr(R, f"run_{step}")(cfg, exp, ccd, *R.rule_io(step, cfg, exp, ccd))
-    R.run_train_rb(cfg, *R.rule_io("train_rb", cfg))
-    for exp in news:  # association in time order (rule_io's "previous" input)
-        for ccd in ccds:
-            for step in ("scoring", "association"):
-                getattr(R, f"run_{step}")(cfg, exp, ccd, *R.rule_io(step, cfg, exp, ccd))
+    """Everything from the simulation through association (in time order: each association job
+    waits for the previous exposure's, as in the workflow)."""
+    make(cfg, "association", "ingest_images")
 
 
 @dataclass

@@ -25,8 +25,9 @@ from vo.images.astrometry.excerpts import (COLUMNS, SOURCE_ID_SHIFT, CatalogOffl
                                 get_excerpt, get_tile, healpix_of, read_gaia_json, read_tile,
                                 tile_uniq, tiles_for_footprint)
 from vo.paths import Paths
+from testdata import DATA as TEST_DATA
 
-DATA = Path(__file__).parent / "data" / "gaia_dr3" / "cone_search.json"
+DATA = TEST_DATA / "gaia_dr3" / "cone_search.json"
 FOOTPRINT = np.array([[150.0, 2.0], [150.15, 2.0], [150.15, 2.3], [150.0, 2.3]])
 
 
