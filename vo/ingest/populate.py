@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from vo import provenance as vprov
+from vo import steps as vsteps
 from vo.db import models as m
 from vo.db.bulk import IngestError
 from vo.db.migrate import init_db
@@ -28,12 +29,13 @@ from vo.io.fits import read_provenance
 log = logging.getLogger("vo.ingest.populate")
 
 
-_FOLDER = re.compile(r"^(?P<step>targets|download|reduce|analysis)(?:-(?P<hash>[0-9a-f]+))?$")
+#: the light-curve steps whose files hold rows (ingested in this order), and their folders
+LIGHTCURVE_STEPS = ("targets", "download", "reduce", "analysis")
+_FOLDER = re.compile(rf"^(?P<step>{'|'.join(LIGHTCURVE_STEPS)})(?:-(?P<hash>[0-9a-f]+))?$")
 
 
 def _file_regex(kind: str) -> re.Pattern:
-    from vo.paths import FILES
-    pattern = re.escape(FILES[kind]).replace(r"\{obs\}", r"(?P<obs>[A-Za-z0-9]+)")
+    pattern = re.escape(vsteps.FILES[kind]).replace(r"\{obs\}", r"(?P<obs>[A-Za-z0-9]+)")
     return re.compile("^" + pattern.replace(r"\{ra_bin\}", r"(?P<ra_bin>\d{3})") + "$")
 
 
@@ -91,7 +93,7 @@ def populate(cfg: dict) -> dict:
         match = _FOLDER.match(folder.name)
         if match and folder.is_dir():
             folders.setdefault(match["step"], []).append((folder, match["hash"]))
-    found = {step: [] for step in ("targets", "download", "reduce", "analysis")}
+    found = {step: [] for step in LIGHTCURVE_STEPS}
     for step, entries in folders.items():
         regex = _file_regex(step)
         for folder, _hash in entries:
@@ -125,9 +127,11 @@ def populate(cfg: dict) -> dict:
     return counts
 
 
-_IMAGE_FOLDER = re.compile(r"^(?P<step>preprocessing|extraction|astrometry|zero_point)(?:-[0-9a-f]+)?$")
-_SUFFIX_KIND = {".image.fits": "image", ".sources.fits": "sources", ".psf.fits": "psf",
-                ".bg.fits": "background", ".wcs.fits": "wcs", ".zp.fits": "zp"}
+#: the image steps whose per-CCD files hold rows, and each kind's file-name suffix (step table)
+IMAGE_STEPS = ("preprocessing", "extraction", "astrometry", "zero_point")
+_IMAGE_FOLDER = re.compile(rf"^(?P<step>{'|'.join(IMAGE_STEPS)})(?:-[0-9a-f]+)?$")
+_SUFFIX_KIND = {vsteps.STEPS[s].files[k].removeprefix("{exposure}/{ccd}"): k
+                for s in IMAGE_STEPS for k in vsteps.STEPS[s].files}
 
 
 def _scan_products(project_dir: Path) -> dict:

@@ -46,8 +46,9 @@ from vo.db import objects as vobjects
 from vo.db.bulk import IngestError, upsert
 from vo.db.migrate import init_db
 from vo.db.rows import in_transaction, ingest_provenances, provenance_id, relative
-from vo.ingest.images import (celestial_wcs, check_upstream, file_row, sci_header, upsert_one,
-                                 file_provenance, header_value, propagate_badness, read_headers)
+from vo.images.realbogus.score import is_real
+from vo.ingest.images import (celestial_wcs, check_upstream, file_provenance, file_row, header_value,
+                              propagate_badness, read_headers, sci_header, upsert_one)
 from vo.io.fits import FitsError, add_provenance
 from vo.io.hdf5 import read_attrs
 from vo.sky import footprint
@@ -368,7 +369,7 @@ def write_transient_products(session, prod: TransientProducts) -> dict:
     # that already has an object keeps it: ingesting again changes nothing)
     real = ~np.array(cols["bad"], bool)
     if prod.scores is not None:
-        real &= np.array(prod.scores["score"]) >= prod.threshold
+        real &= is_real(np.array(prod.scores["score"]), prod.threshold)
     object_ids = [stored.get(i) for i in cols["row_index"]]
     todo = real & np.array([o is None for o in object_ids], bool)
     if todo.any():

@@ -11,7 +11,8 @@ are compared relative to the data root.  Left out, because they record when or h
 its work rather than what it made: ``downloaded_at`` in the raw stores (and the raw store
 checksum in the database), a manifest's ``skipped`` status (counted as ``downloaded``), an
 association receipt's ``associated``/``objects_created`` counts, database ids and
-``created_at``, and ``git_commit`` in ``provenance.yaml``.
+``created_at``, and the ``git_commit`` of the code that ran (``provenance.yaml`` and the
+``provenances`` rows).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ VOLATILE_ATTRS = {"downloaded_at"}
 
 
 def products(root):
-    """{path relative to the data root: path} of the products (final names only)."""
+    """{path relative to the data root: path} of the products (final names only; hidden files and
+    folders, such as a killed write's temporary or the cached plans, are not products)."""
     root = Path(root)
     out = {}
     for path in root.rglob("*"):
         rel = path.relative_to(root)
         if (path.is_file() and not NOT_PRODUCTS & set(rel.parts) and path.suffix != ".lock"
-                and not path.name.startswith((".", "vo.sqlite"))):
+                and not any(part.startswith(".") for part in rel.parts) and not path.name.startswith("vo.sqlite")):
             out[rel.as_posix()] = path
     return out
 
@@ -171,7 +173,7 @@ def db_rows(root) -> dict:
             "select name from sqlite_master where type = 'table' and name not like 'sqlite_%'")]
         for table in tables:
             cols = [r[1] for r in con.execute(f"pragma table_info(\"{table}\")")
-                    if r[1] != "id" and not r[1].endswith("_id") and r[1] != "created_at"
+                    if r[1] != "id" and not r[1].endswith("_id") and r[1] not in ("created_at", "git_commit")
                     and (table, r[1]) != ("raw_photometry", "checksum")]
             out[table] = sorted(repr(r) for r in con.execute(f"select {', '.join(cols)} from \"{table}\""))
         out["measurement_objects"] = sorted(repr(r) for r in con.execute(

@@ -36,6 +36,7 @@ from vo.db import models as m
 from vo.db.engine import Session
 from vo.db.rows import relative
 from vo.images import alerts as valerts
+from vo.images.realbogus.score import is_real
 from vo.sky import unit_vectors
 
 log = logging.getLogger("vo.pipeline.alert_packets")
@@ -189,7 +190,7 @@ def _ccd_alerts(session, cfg, root, instrument: str, exposure: str, ccd: str, fi
     scores = _scores(session, [r.id for r in rows], scores_file)
     if scores_file is not None:
         threshold = float(cfg["scoring"]["threshold"])
-        rows = [r for r in rows if r.id in scores and scores[r.id][0] >= threshold]
+        rows = [r for r in rows if r.id in scores and is_real(scores[r.id][0], threshold)]
     if not rows:
         return []
     table = read_measurements(files["measurements"])

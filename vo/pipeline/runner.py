@@ -32,6 +32,7 @@ from vo import steps as vsteps
 from vo.io.atomic import remove_orphans
 from vo.paths import Paths
 from vo.pipeline import image_io, status
+from vo.pipeline.plan import get_plan
 from vo.pipeline.skipped import skipped_reason
 
 log = logging.getLogger("vo.pipeline.runner")
@@ -76,7 +77,7 @@ class Runner:
     """Every job of one config, and how to make any of their files."""
 
     def __init__(self, cfg: dict):
-        self.cfg = image_io.planned_config(cfg) if cfg["images"]["enabled"] else cfg
+        self.cfg = get_plan(cfg).image_config(cfg) if cfg["images"]["enabled"] else cfg
         self.paths = Paths(self.cfg)
         self.jobs = status.jobs(self.cfg, self.paths) + _simulation_jobs(self.cfg, self.paths)
         self.producer = {f: job for job in self.jobs for v in job.io[1].values() for f in _files(v)}

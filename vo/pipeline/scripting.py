@@ -19,6 +19,7 @@ from vo import steps as vsteps
 from vo.io.atomic import remove_orphans
 from vo.pipeline import image_io
 from vo.pipeline import lightcurves as workflow
+from vo.pipeline.plan import get_plan
 
 HELP = {"obs": "observatory, e.g. DEMO or ZTF", "ra_bin": "integer RA bin (deg)",
         "exposure": "exposure name", "ccd": "CCD (section) name", "filt": "filter",
@@ -50,14 +51,17 @@ def _parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _planned(step: str, cfg: dict) -> dict:
+    """For an image rule, ``cfg`` with the plan's exposures and calibration frames listed, so the
+    job reads no raw header to find them (:mod:`vo.pipeline.plan`)."""
+    return get_plan(cfg).image_config(cfg) if step in vsteps.IMAGE_RULES and cfg["images"]["enabled"] else cfg
+
+
 def _standalone_io(step: str, cfg: dict, job: dict) -> tuple[dict, dict]:
     if step in vsteps.IMAGE_RULES:
         return image_io.rule_io(step, cfg, job.get("exposure"), job.get("ccd"), job.get("filt"),
-                                   job.get("field"))
-    ra_bins = None
-    if step in ("targets", "combine", "plots"):
-        from vo.catalog import Catalog
-        ra_bins = cfg["project"]["ra_bins"] or Catalog.from_config(cfg).load().ra_bins()
+                                job.get("field"))
+    ra_bins = get_plan(cfg).ra_bins if step in ("targets", "combine", "plots") else None
     return workflow.rule_io(step, cfg, job.get("obs"), job.get("ra_bin"), ra_bins)
 
 
@@ -83,7 +87,6 @@ def _run_exposure(step: str, cfg: dict, exposure: str, threads: int) -> None:
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
-    cfg = image_io.planned_config(cfg)  # read the raw folder once, not per CCD
     ccds = image_io.ccds(cfg)
     run = partial(_run_ccd, step, cfg, exposure)
     t0 = time.perf_counter()
@@ -105,7 +108,7 @@ def rule_main(step: str, doc: str, snakemake=None, argv: list[str] | None = None
     names = vsteps.job_args(step)
     if snakemake is not None:
         _setup_logging(snakemake.log[0] if len(snakemake.log) else None)
-        cfg = vconfig.complete(dict(snakemake.config), "snakemake config")
+        cfg = _planned(step, vconfig.complete(dict(snakemake.config), "snakemake config"))
         wc = dict(snakemake.wildcards.items())
         wc.setdefault("exposure", wc.get("calname"))
         wc.setdefault("filt", wc.get("filter"))
@@ -127,7 +130,7 @@ def rule_main(step: str, doc: str, snakemake=None, argv: list[str] | None = None
         ap.add_argument("--log", default=None, help="also log to this file")
         args = ap.parse_args(argv)
         _setup_logging(args.log)
-        cfg = vconfig.load_config(args.configfile, _parse_overrides(args.set))
+        cfg = _planned(step, vconfig.load_config(args.configfile, _parse_overrides(args.set)))
         job = {n: getattr(args, n) for n in names}
         inputs, outputs = _standalone_io(step, cfg, job)
     kwargs = dict(job, inputs=inputs, outputs=outputs)

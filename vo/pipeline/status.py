@@ -31,6 +31,7 @@ from vo import steps as vsteps
 from vo.paths import Paths
 from vo.pipeline import image_io as image_rules
 from vo.pipeline import lightcurves as workflow
+from vo.pipeline.plan import get_plan
 
 #: Outputs Snakemake deletes once used (``temp()``): never expected to stay.
 TEMPORARY = {"aligned_reference"}
@@ -92,11 +93,10 @@ def lightcurve_jobs(cfg: dict, paths: Paths, ra_bins: list[int]) -> list[Job]:
 
 def image_jobs(cfg: dict, paths: Paths) -> list[Job]:
     """The image-pipeline jobs of ``cfg`` (raw exposures and their simulation are not products)."""
-    inst = image_rules.instrument(cfg)
-    cfg = image_rules.planned_config(cfg)  # the raw folder is read once
-    exposures, ccds = cfg["images"]["exposures"], image_rules.ccds(cfg)
-    filt_of = {e: inst.exposure_filter(paths, e) for e in exposures}
-    news = image_rules.new_exposures(cfg)
+    plan = get_plan(cfg)
+    cfg = plan.image_config(cfg)  # the raw folder is read once, into the plan
+    exposures, ccds, filt_of = plan.exposures, plan.ccds, plan.filters
+    news = plan.new_exposures()
     democam_rb = cfg["scoring"]["algorithm"] == "democam_rb"
     out = []
 
@@ -135,10 +135,7 @@ def jobs(cfg: dict, paths: Paths | None = None) -> list[Job]:
     paths = paths or Paths(cfg)
     out = []
     if cfg["project"]["obs_names"]:
-        from vo.catalog import Catalog
-
-        ra_bins = cfg["project"]["ra_bins"] or Catalog.from_config(cfg).load().ra_bins()
-        out += lightcurve_jobs(cfg, paths, ra_bins)
+        out += lightcurve_jobs(cfg, paths, get_plan(cfg).ra_bins)
     if cfg["images"]["enabled"]:
         out += image_jobs(cfg, paths)
     return out

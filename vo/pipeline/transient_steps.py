@@ -210,7 +210,7 @@ def run_efficiency(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
     if algorithm == "democam_rb" and len(meas):
         model = score.load_model(inputs["model"])
         real = score.predict(model, score.feature_matrix(model["features"], meas, None, float(psf.fwhm())))
-        kept = meas[(real >= cfg["scoring"]["threshold"]) & ~np.asarray(meas["is_bad"], bool)]
+        kept = meas[score.is_real(real, cfg["scoring"]["threshold"]) & ~np.asarray(meas["is_bad"], bool)]
     else:  # braai needs stamps the measurements do not keep: efficiency after the cuts
         kept = meas[~np.asarray(meas["is_bad"], bool)] if len(meas) else meas
     table = inject.efficiency_table(truth, kept, p["match_radius"], p["bin_width"], flux_column="flux_psf")

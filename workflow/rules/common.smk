@@ -10,14 +10,15 @@ from vo import config as vconfig
 from vo import provenance as vprov
 from vo.paths import Paths
 from vo.pipeline.lightcurves import rule_io
-from vo.catalog import Catalog
+from vo.pipeline.plan import get_plan
 from vo.steps import PER_CCD, step_of
 
 CFG = vconfig.complete(config, "snakemake config")
 config.update(CFG)
 P = Paths(CFG)
 OBS = [o.upper() for o in CFG["project"]["obs_names"]]
-BINS = CFG["project"]["ra_bins"] or Catalog.from_config(CFG).load().ra_bins()
+PLAN = get_plan(CFG)  # RA bins, exposures, references: built once, kept in a file (vo.pipeline.plan)
+BINS = PLAN.ra_bins
 RUN_CONFIG = rule_io("run_config", CFG)[1]["config"]
 # images.jobs: exposure: these image rules run one job per exposure (no {ccd} wildcard)
 EXPOSURE_JOBS = set(PER_CCD) if CFG["images"]["enabled"] and CFG["images"]["jobs"] == "exposure" else set()

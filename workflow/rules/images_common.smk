@@ -6,15 +6,14 @@ from vo.steps import KIND_STEP, step_of
 
 IKEY = image_rules.instrument_key(CFG)
 INSTRUMENT = image_rules.instrument(CFG)
-EXPOSURES = image_rules.exposures(CFG)
-CCDS = image_rules.ccds(CFG)
-CALIB = INSTRUMENT.calibration_names(CFG)
-# The raw folder's headers are read here, once per parse: the input functions get the lists
+EXPOSURES = PLAN.exposures
+CCDS = PLAN.ccds
+CALIB = {"bias": PLAN.bias, "flat": PLAN.flats}
+# The raw folder's headers are read once, into the plan: the input functions get the lists
 # (ICFG) and each exposure's filter, so no job reads a raw file while planning.
-ICFG = vconfig.deep_merge(CFG, {"images": {"exposures": EXPOSURES, "bias_exposures": CALIB["bias"],
-                                           "flat_exposures": CALIB["flat"]}})
+ICFG = PLAN.image_config(CFG)
 IP = Paths(ICFG)
-EXPOSURE_FILTER = {e: INSTRUMENT.exposure_filter(P, e) for e in EXPOSURES}
+EXPOSURE_FILTER = PLAN.filters
 FILTERS = sorted(set(EXPOSURE_FILTER.values()))
 CAL_NAMES = CALIB["bias"] + [n for f in FILTERS for n in CALIB["flat"][f]]
 
@@ -113,12 +112,12 @@ def ilog(rule_name, *names):
     return log_path(rule_name, *names)
 
 
-REFERENCE_SETS = image_rules.reference_sets(CFG)
-NEW_EXPOSURES = image_rules.new_exposures(CFG)
+REFERENCE_SETS = PLAN.reference_sets()
+NEW_EXPOSURES = PLAN.new_exposures()
 
 
 onstart:
-    no_reference = image_rules.unreferenced_exposures(CFG)
+    no_reference = PLAN.unreferenced
     if no_reference:
         logger.warning(
             f"{len(no_reference)} exposure(s) have no reference for their field and filter and are "

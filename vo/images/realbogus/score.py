@@ -379,7 +379,7 @@ def score(measurements: Table | None, cutouts, algorithm: str = "democam_rb", mo
             if col in measurements.colnames:
                 out[col] = measurements[col]
     out["score"] = np.clip(values, 0, 1).astype(np.float32)
-    out["is_real"] = out["score"] >= p["threshold"]
+    out["is_real"] = is_real(out["score"], p["threshold"])
     out["algorithm"] = np.full(len(values), algorithm, dtype=f"U{len(algorithm)}")
     out.meta.update({"algorithm": algorithm, "threshold": float(p["threshold"])})
     return out
@@ -393,6 +393,13 @@ def write_scores(path: str | os.PathLike, scores: Table, attrs: dict | None = No
     hdu.header["ALGORITH"] = (scores.meta.get("algorithm", ""), "real/bogus scorer")
     hdu.header["RBTHRESH"] = (scores.meta.get("threshold", np.nan), "score threshold of is_real")
     write_fits(path, fits.HDUList([fits.PrimaryHDU(), hdu]), attrs)
+
+
+def is_real(score, threshold: float) -> np.ndarray:
+    """True where a real/bogus score (0-1) counts as real: at or above ``threshold``
+    (``scoring.threshold``).  The one place the threshold is applied: scoring, the efficiency of
+    injected fakes, association to objects and the alerts all ask here."""
+    return np.asarray(score) >= threshold
 
 
 def read_scores(path: str | os.PathLike) -> Table:
