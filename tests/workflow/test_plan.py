@@ -66,3 +66,11 @@ def test_the_key_follows_the_raw_folder_of_a_real_camera(cfg):
     (raw / "c4d_night1_ooi.fits.fz").write_bytes(b"x" * 20)
     assert len({empty, one, vplan.plan_key(decam)}) == 3
     assert vplan.plan_key(cfg) == vplan.plan_key(cfg)  # DemoCam: from the config alone
+
+
+def test_a_data_root_where_the_plan_cannot_be_kept_still_plans(cfg, caplog):
+    blocked = vconfig.data_root(cfg) / "PLAN" / ".plans"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the plans folder should be")
+    assert vplan.get_plan(cfg).exposures == ["dc_f00_r_000", "dc_f00_r_001", "dc_f00_r_002"]
+    assert "cannot keep the plan" in caplog.text

@@ -180,12 +180,13 @@ def differing_products(a: Path, b: Path) -> list[str]:
 
 def products(root: Path) -> dict[str, str]:
     """sha256 of every product file under a data root (not logs, benchmarks, the database, nor
-    the ``.snakemake_timestamp`` Snakemake puts in a ``directory()`` output of a per-exposure job)."""
+    hidden files: the run's cached plan, or the ``.snakemake_timestamp`` Snakemake puts in a
+    ``directory()`` output of a per-exposure job)."""
     out = {}
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root)
-        if (f.is_file() and not NOT_PRODUCTS & set(rel.parts[:2])
-                and f.name not in ("vo.sqlite", ".snakemake_timestamp")):
+        if (f.is_file() and not NOT_PRODUCTS & set(rel.parts[:2]) and f.name != "vo.sqlite"
+                and not any(part.startswith(".") for part in rel.parts)):
             out[str(rel)] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 

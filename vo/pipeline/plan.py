@@ -124,6 +124,9 @@ def get_plan(cfg: dict) -> Plan:
             log.warning("%s: unreadable plan (%s); building it again", path, exc)
     if plan is None:
         plan = build_plan(cfg)
-        write_text(path, json.dumps(asdict(plan), indent=1))
+        try:
+            write_text(path, json.dumps(asdict(plan), indent=1))
+        except OSError as exc:  # a read-only data root: plan again next time
+            log.warning("%s: cannot keep the plan (%s)", path, exc)
     _MEMORY[key] = plan
     return plan
