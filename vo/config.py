@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -177,11 +178,33 @@ def critical_subset(cfg: dict, section: str) -> dict:
     return {p.key: get(cfg, p.key) for p in section_parameters(section) if p.critical}
 
 
+#: ``scheme://user:password@host``: the password part of a URL
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<password>[^@\s]+)@")
+#: keys whose values are secrets wherever they appear in a config
+SECRET_KEYS = ("password", "passwd", "secret", "token")
+MASK = "***"
+
+
+def mask_secrets(value):
+    """A copy of ``value`` (a config, a section, a string) fit to print or write: the password of
+    every ``scheme://user:password@host`` URL and the value of every key named like a password
+    (:data:`SECRET_KEYS`) replaced by ``***``."""
+    if isinstance(value, dict):
+        return {k: MASK if isinstance(k, str) and any(s in k.lower() for s in SECRET_KEYS) and v
+                else mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(mask_secrets(v) for v in value)
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", value)
+    return value
+
+
 def format_parameters(section: str, cfg: dict | None = None) -> str:
-    """Human-readable table of a section's parameters: key, type, value/default, critical, doc."""
+    """Human-readable table of a section's parameters: key, type, value/default, critical, doc
+    (secrets masked, :func:`mask_secrets`)."""
     lines = []
     for p in section_parameters(section):
-        value = get(cfg, p.key) if cfg is not None else p.default
+        value = mask_secrets(get(cfg, p.key) if cfg is not None else p.default)
         typ = p.type if isinstance(p.type, str) else "|".join(p.type or [])
         flag = "critical" if p.critical else "-"
         lines.append(f"{p.key:<38} {typ:<14} {value!r:<24} {flag:<9} {p.doc}")

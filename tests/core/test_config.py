@@ -84,3 +84,32 @@ def test_show_pars_cli_prints_docs_and_critical_flags():
 def test_shipped_configs_validate(name):
     cfg = vconfig.load_config(vconfig.REPO_ROOT / "config" / name)
     assert cfg["project"]["name"]
+
+
+PASSWORD = "pl4nted-S3cret"
+
+
+def test_a_database_password_is_masked_in_the_run_config_and_show_pars(tmp_path):
+    from vo.pipeline.lightcurves import run_config
+
+    url = f"postgresql+psycopg://vo:{PASSWORD}@db.example:5432/vo"
+    cfgfile = tmp_path / "secret.yaml"
+    cfgfile.write_text(yaml.safe_dump({"database": {"url": url}, "ZTF": {"credentials_file": "~/.ztf.yaml"}}))
+    cfg = vconfig.load_config(str(cfgfile))
+    assert vconfig.database_url(cfg) == url  # the jobs still get the real URL
+    outputs = {"config": str(tmp_path / "00_config.yaml"), "provenance": str(tmp_path / "provenance.yaml")}
+    run_config(cfg, outputs)
+    dumped = (tmp_path / "00_config.yaml").read_text()
+    assert PASSWORD not in dumped and "vo:***@db.example:5432/vo" in dumped
+    assert PASSWORD not in (tmp_path / "provenance.yaml").read_text()
+    out = subprocess.run([sys.executable, "-m", "vo.cli", "show-pars", "database", "--configfile", str(cfgfile)],
+                         capture_output=True, text=True, check=True)
+    assert PASSWORD not in out.stdout + out.stderr and "***" in out.stdout
+
+
+def test_mask_secrets_masks_url_passwords_and_password_keys_only():
+    cfg = {"a": {"url": "https://user:pw@host/x", "plain": "sqlite:////tmp/vo.sqlite", "password": "pw",
+                 "api_token": "t0k", "token": None}, "b": ["redis://:pw@h:6379/0", 3]}
+    assert vconfig.mask_secrets(cfg) == {
+        "a": {"url": "https://user:***@host/x", "plain": "sqlite:////tmp/vo.sqlite", "password": "***",
+              "api_token": "***", "token": None}, "b": ["redis://:***@h:6379/0", 3]}

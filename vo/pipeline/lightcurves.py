@@ -169,6 +169,8 @@ def run_ingest(cfg: dict, obs: str, ra_bin, inputs: dict, outputs: dict) -> None
 
 
 def run_config(cfg: dict, outputs: dict) -> None:
-    """Write the final merged config and provenance.yaml of this run."""
-    write_text(outputs["config"], yaml.safe_dump(cfg, sort_keys=False))
+    """Write the final merged config (secrets masked) and provenance.yaml of this run."""
+    from vo.config import mask_secrets
+
+    write_text(outputs["config"], yaml.safe_dump(mask_secrets(cfg), sort_keys=False))
     write_text(outputs["provenance"], yaml.safe_dump(vprov.provenance_document(cfg), sort_keys=False))
