@@ -356,6 +356,12 @@ class Catalog:
         if bad.any():
             raise ConfigError(f"{path}: {int(bad.sum())} rows have no valid ra/dec "
                               f"(first: {df['name'][bad].iloc[0]!r})")
+        for col, lo, hi in (("ra", 0.0, 360.0), ("dec", -90.0, 90.0)):
+            out = ~df[col].between(lo, hi)
+            if out.any():
+                i = int(np.flatnonzero(out.to_numpy())[0])
+                raise ConfigError(f"{path}: {int(out.sum())} rows have {col} outside [{lo:g}, {hi:g}] deg "
+                                  f"(first: row {i + 1}, {df['name'].iloc[i]!r}, {col} = {float(df[col].iloc[i])!r})")
         dup = df["name"].duplicated()
         if dup.any():
             raise ConfigError(f"{path}: duplicate source names, e.g. {df['name'][dup].iloc[0]!r}; "

@@ -109,6 +109,24 @@ def test_duplicate_names_rejected(tmp_path):
         Catalog(default=None, filename=str(path)).load()
 
 
+@pytest.mark.parametrize("ra, dec, col, value", [(400.5, 10.0, "ra", 400.5), (-10.25, 10.0, "ra", -10.25),
+                                                 (120.0, 95.0, "dec", 95.0), (120.0, -90.5, "dec", -90.5)])
+def test_impossible_positions_are_refused_naming_file_row_and_value(tmp_path, ra, dec, col, value):
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"name": ["ok", "bad"], "ra": [10.0, ra], "dec": [0.0, dec]}).to_csv(path, index=False)
+    with pytest.raises(ConfigError) as err:
+        Catalog(default=None, filename=str(path)).load()
+    assert str(path) in str(err.value) and "row 2" in str(err.value) and "'bad'" in str(err.value)
+    assert f"{col} = {value!r}" in str(err.value)
+
+
+def test_positions_on_the_limits_are_kept(tmp_path):
+    path = tmp_path / "edges.csv"
+    pd.DataFrame({"name": ["a", "b", "c"], "ra": [0.0, 360.0, 180.0], "dec": [-90.0, 90.0, 0.0]}).to_csv(
+        path, index=False)
+    assert len(Catalog(default=None, filename=str(path)).load().data) == 3
+
+
 def test_proper_motion_against_astropy():
     ra = np.array([10.0, 123.4, 250.0, 300.0, 45.0, 359.9999])
     dec = np.array([0.0, 45.0, -60.0, 85.0, -89.5, 10.0])

@@ -113,3 +113,20 @@ def test_mask_secrets_masks_url_passwords_and_password_keys_only():
     assert vconfig.mask_secrets(cfg) == {
         "a": {"url": "https://user:***@host/x", "plain": "sqlite:////tmp/vo.sqlite", "password": "***",
               "api_token": "***", "token": None}, "b": ["redis://:***@h:6379/0", 3]}
+
+
+@pytest.mark.parametrize("override, key", [({"analysis": {"snr_threshold": -5}}, "analysis.snr_threshold"),
+                                           ({"DEMO": {"reducer": {"gap": 0}}}, "DEMO.reducer.gap"),
+                                           ({"ZTF": {"reducer": {"radius": -3.0}}}, "ZTF.reducer.radius"),
+                                           ({"association": {"radius": 0.0}}, "association.radius")])
+def test_impossible_values_are_refused_naming_key_value_and_file(tmp_path, override, key):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(override))
+    with pytest.raises(vconfig.ConfigError) as exc:
+        vconfig.load_config(f)
+    value = key.split(".")
+    node = override
+    for part in value:
+        node = node[part]
+    msg = str(exc.value)
+    assert key in msg and str(f) in msg and repr(node) in msg, msg
