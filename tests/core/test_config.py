@@ -130,3 +130,12 @@ def test_impossible_values_are_refused_naming_key_value_and_file(tmp_path, overr
         node = node[part]
     msg = str(exc.value)
     assert key in msg and str(f) in msg and repr(node) in msg, msg
+
+
+@pytest.mark.parametrize("key", ["exposures", "ccds"])
+def test_an_explicitly_empty_list_is_not_every_exposure(tmp_path, key):
+    f = tmp_path / "empty.yaml"
+    f.write_text(yaml.safe_dump({"images": {"enabled": True, key: []}}))
+    with pytest.raises(vconfig.ConfigError) as exc:
+        vconfig.load_config(f)
+    assert f"images.{key}" in str(exc.value) and str(f) in str(exc.value)
