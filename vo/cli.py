@@ -15,20 +15,22 @@ def _load(args) -> dict:
     return vconfig.load_config(args.configfile, _parse_overrides(args.set))
 
 
-def _sections(step: str) -> list[str]:
-    """Config sections of a step or rule of the step table (else ``step`` itself, a section)."""
+def _sections(step: str, cfg: dict) -> list[str]:
+    """Config sections of a step or rule of the step table (``{obs}``: each observatory of the
+    config), else ``step`` itself, a section."""
     from vo import steps as vsteps
 
     name = vsteps.step_of(step) if step in vsteps.RULES else step
     if name in vsteps.STEPS and vsteps.STEPS[name].sections:
-        return [sec for sec in vsteps.STEPS[name].sections if "{obs}" not in sec] or [name]
+        return [sec.format(obs=obs) for sec in vsteps.STEPS[name].sections
+                for obs in (cfg["project"]["obs_names"] if "{obs}" in sec else [None])]
     return [step]
 
 
 def cmd_show_pars(args) -> int:
     cfg = _load(args)
     sections = ([p.key.split(".")[0] for p in vconfig.iter_parameters()] if args.step == "all"
-                else _sections(args.step))
+                else _sections(args.step, cfg))
     for section in dict.fromkeys(sections):
         print(f"[{section}]")
         print(vconfig.format_parameters(section, cfg))

@@ -247,6 +247,17 @@ def function(rule: str):
     return getattr(importlib.import_module(module), name)
 
 
+#: rules whose body takes no ``inputs`` (they read the config only)
+NO_INPUTS = ("targets", "run_config")
+
+
+def call(rule: str, cfg: dict, args: dict, inputs: dict, outputs: dict):
+    """Run the body of ``rule``: ``function(cfg, **args, inputs=inputs, outputs=outputs)``, without
+    ``inputs`` for :data:`NO_INPUTS`."""
+    kwargs = dict(args, outputs=outputs) if rule in NO_INPUTS else dict(args, inputs=inputs, outputs=outputs)
+    return function(rule)(cfg, **kwargs)
+
+
 def render_markdown() -> str:
     """The step table as Markdown (``docs/architecture.md`` includes it; ``vo steps --markdown``)."""
     rows = ["| step | half | rules (wildcards) | upstream | config sections | files | database | what it does |",

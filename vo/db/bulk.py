@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 import sqlalchemy as sa
 
-from vo.db import models as m
+import vo.db.models as m
 from vo.db.engine import json_dumps
 
 #: Fewer rows than this go through executemany: a temporary table costs a few catalog writes.

@@ -32,9 +32,9 @@ import sqlalchemy as sa
 from astropy.table import Table
 from astropy_healpix import HEALPix, nside_to_pixel_resolution
 
-from vo.db import models as m
-from vo.db.bulk import insert_for, insert_returning
+import vo.db.models as m
 from vo import sky as assoc
+from vo.db.bulk import insert_for, insert_returning
 from vo.db.rows import in_transaction
 
 #: First key (int4) of the advisory locks of object association ("vo" + 1).

@@ -11,7 +11,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from vo import provenance as vprov
-from vo.db import models as m
+import vo.db.models as m
 from vo.db.bulk import IngestError, upsert
 from vo.db.engine import Session, write_engine
 

@@ -13,15 +13,11 @@ import inspect
 import logging
 
 from vo import provenance as vprov
-from vo import steps as vsteps
 from vo.pipeline.skipped import SkipProduct, first_skipped, write_skipped
 from vo.paths import Paths
 
 log = logging.getLogger("vo.images")
 
-#: image rules; all run per CCD except the calibration/simulation ones.
-STEPS = vsteps.IMAGE_RULES
-PER_CCD = vsteps.PER_CCD
 
 
 def instrument(cfg: dict):
@@ -37,14 +33,6 @@ def instrument_key(cfg: dict) -> str:
 def exposures(cfg: dict) -> list[str]:
     """Science exposures of this run (config list, or what the instrument lists)."""
     return list(cfg["images"]["exposures"] or instrument(cfg).exposure_names(cfg))
-
-
-def planned_config(cfg: dict) -> dict:
-    """``cfg`` with the run's science, bias and flat exposures listed (``images.exposures``,
-    ``bias_exposures``, ``flat_exposures``), so the raw folder is read once, not per job."""
-    cal = instrument(cfg).calibration_names(cfg)
-    return {**cfg, "images": {**cfg["images"], "exposures": exposures(cfg), "bias_exposures": cal["bias"],
-                              "flat_exposures": cal["flat"]}}
 
 
 def ccds(cfg: dict) -> list[str]:

@@ -66,7 +66,8 @@ class Plan:
         return {e: tuple(k) for e, k in self.new.items()}
 
     def image_config(self, cfg: dict) -> dict:
-        """``cfg`` with the exposures and calibration frames listed (:func:`image_io.planned_config`)."""
+        """``cfg`` with the exposures and calibration frames listed, so that nothing reads the raw
+        folder again to find them."""
         return {**cfg, "images": {**cfg["images"], "exposures": list(self.exposures),
                                   "bias_exposures": list(self.bias), "flat_exposures": dict(self.flats)}}
 
@@ -100,13 +101,11 @@ def build_plan(cfg: dict) -> Plan:
     ra_bins = [int(b) for b in (cfg["project"]["ra_bins"] or Catalog.from_config(cfg).load().ra_bins())]
     if not cfg["images"]["enabled"]:
         return Plan(ra_bins, [], [], {}, [], {}, {}, {}, [])
-    icfg = image_io.planned_config(cfg)
-    inst, paths = image_io.instrument(icfg), Paths(icfg)
-    exposures = list(icfg["images"]["exposures"])
-    refs = inst.reference_plan(icfg, exposures)
-    return Plan(ra_bins, exposures, image_io.ccds(icfg), {e: inst.exposure_filter(paths, e) for e in exposures},
-                list(icfg["images"]["bias_exposures"]), dict(icfg["images"]["flat_exposures"]),
-                {f"{fld} {flt}": list(v) for (fld, flt), v in refs.sets.items()},
+    inst, paths = image_io.instrument(cfg), Paths(cfg)
+    exposures, cal = image_io.exposures(cfg), inst.calibration_names(cfg)  # the raw folder, read once
+    refs = inst.reference_plan(cfg, exposures)
+    return Plan(ra_bins, exposures, image_io.ccds(cfg), {e: inst.exposure_filter(paths, e) for e in exposures},
+                cal["bias"], cal["flat"], {f"{fld} {flt}": list(v) for (fld, flt), v in refs.sets.items()},
                 {e: list(k) for e, k in refs.new.items()}, list(refs.unreferenced))
 
 

@@ -114,10 +114,8 @@ class Runner:
         args = {a: job.wildcards.get("filter" if a == "filt" else a) for a in vsteps.job_args(job.rule)}
         if "ra_bin" in args:
             args["ra_bin"] = int(args["ra_bin"])
-        kwargs = dict(args, outputs=outputs) if job.rule in ("targets", "run_config") else \
-            dict(args, inputs=inputs, outputs=outputs)
         t0 = time.perf_counter()
-        vsteps.function(job.rule)(self.cfg, **kwargs)
+        vsteps.call(job.rule, self.cfg, args, inputs, outputs)
         self.ran.append(job)
         log.info("%s %s done in %.2f s", job.rule, " ".join(map(str, job.wildcards.values())),
                  time.perf_counter() - t0)
@@ -141,9 +139,8 @@ class CCDProducts:
                 inputs, outputs = runner.job(rule, exposure=exposure, ccd=ccd).io
             except KeyError:
                 continue  # an exposure that is not new has no subtraction chain
-            if rule != "association":
-                self.paths.update({vsteps.RULES[rule][0].outputs[i]: outputs[k]
-                                   for i, k in enumerate(outputs)})
+            if rule != "association":  # rule_io names each output by its product kind
+                self.paths.update(outputs)
             if rule == "subtraction":
                 self._reference = {"image": inputs["ref_image"], "psf": inputs["ref_psf"],
                                    "sources": inputs["ref_sources"]}

@@ -105,7 +105,6 @@ def _run_exposure(step: str, cfg: dict, exposure: str, threads: int) -> None:
 
 def rule_main(step: str, doc: str, snakemake=None, argv: list[str] | None = None) -> None:
     """Run rule ``step`` from Snakemake or from the command line."""
-    func = vsteps.function(step)
     names = vsteps.job_args(step)
     if snakemake is not None:
         _setup_logging(snakemake.log[0] if len(snakemake.log) else None)
@@ -136,15 +135,12 @@ def rule_main(step: str, doc: str, snakemake=None, argv: list[str] | None = None
         cfg = _planned(step, vconfig.load_config(args.configfile, _parse_overrides(args.set)))
         job = {n: getattr(args, n) for n in names}
         inputs, outputs = _standalone_io(step, cfg, job)
-    kwargs = dict(job, inputs=inputs, outputs=outputs)
-    if step in ("targets", "run_config"):
-        kwargs.pop("inputs")
     for out in (o for v in outputs.values() for o in ([v] if isinstance(v, str) else v)):
         for tmp in remove_orphans(out):  # a killed earlier attempt's partial write
             logging.getLogger("vo").info("removed %s, left by a killed job", tmp)
     t0 = time.perf_counter()
     try:
-        func(cfg, **kwargs)
+        vsteps.call(step, cfg, job, inputs, outputs)
     except Exception as exc:  # the job's log file must say why it failed (once, with the traceback)
         logging.getLogger("vo").error("%s failed: %s: %s", step, type(exc).__name__, exc, exc_info=True)
         raise SystemExit(1) from None

@@ -125,8 +125,7 @@ def image_jobs(cfg: dict, paths: Paths) -> list[Job]:
     if news:
         if democam_rb:
             add("train_rb")
-        if "efficiency_summary" in vsteps.RULES:
-            add("efficiency_summary")
+        add("efficiency_summary")
     return out
 
 
