@@ -1,9 +1,7 @@
 """Real data: subtraction of two DECam epochs (i band, CCD N6, 256x256 stamps; tests/data/decam/).
 
-The stamps are InstCal images in ADU (sky already subtracted, GAIN/RDNOISE/SATURATE in the header).
-Each becomes an :class:`~vo.images.image.Image` in e- with its weight from the measured sky RMS
-plus the sources' Poisson noise, goes through :func:`vo.images.extract.extract` (PSF model), and
-the relative zero point of the pair comes from the PSF fluxes of their common bright stars.
+Each stamp (``decam_stamps.load_stamp``: an Image in e- with its noise and flags) goes through
+:func:`vo.images.extract.extract` (PSF model), and the relative zero point of the pair comes from the PSF fluxes of their common bright stars.
 
 The pairs are taken within one observation series (DEC-OBS04a - 04e, DEC-OBS18a - 18e):
 these share the pixel grid (bright stars agree to < 0.1 pix), while the 04 and 18 series are
@@ -32,40 +30,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from astropy.io import fits
 from scipy import ndimage, stats
 from scipy.spatial import cKDTree
 
-from vo.images.extract.background import measure_background
+from decam_stamps import load_stamp
 from vo.images.extract import extract
-from vo.images import flags as pixflags
 from vo.images.image import Image
-from vo.images.calibrate.flagging import detect_cosmic_rays
 from vo.images.subtract import subtract
-from testdata import DATA as TEST_DATA
 
-DATA = TEST_DATA / "decam"
 PAIRS = [("DEC-OBS04a", "DEC-OBS04e"), ("DEC-OBS18a", "DEC-OBS18e")]
 ZP_NEW = 30.0  # arbitrary zero point of the new epoch; the reference's follows from the stars
-
-
-def load_stamp(name: str) -> Image:
-    """A DECam stamp as an Image in e-: weight 1 / (sky RMS^2 + Poisson of the sources)."""
-    path = DATA / f"{name}.mini.fits"
-    if not path.exists():
-        pytest.fail(f"{path} missing (copy of ../shared/data/real/decam_stamps/{path.name})")
-    with fits.open(path) as hdul:
-        hdr = hdul[0].header.copy()
-        gain = float(hdr["GAIN"])
-        sci = (np.asarray(hdul[0].data, np.float64) * gain).astype(np.float32)
-    bkg = measure_background(sci, None, 64, 3)
-    var = bkg.rms.astype(np.float64) ** 2 + np.maximum(sci - bkg.bg, 0)
-    hdr["SATURATE"] = float(hdr["SATURATE"]) * gain
-    flags = np.zeros(sci.shape, np.uint16)
-    flags[sci >= 0.9 * hdr["SATURATE"]] = pixflags.SATURATED
-    flags[detect_cosmic_rays(sci - bkg.bg, (1 / var).astype(np.float32), exclude=flags)] |= pixflags.COSMIC_RAY
-    weight = np.where(flags == 0, 1 / var, 0).astype(np.float32)
-    return Image(sci=sci, weight=weight, flags=flags, header=hdr)
 
 
 def relative_zp(src_new, src_ref) -> float:
