@@ -129,7 +129,7 @@ TABLE: tuple[Step, ...] = (
          {"image": "{exposure}/{ccd}.image.fits"},
          (_rule("preprocess", _CCD, ("image",), _IM, per_ccd=True),), ingest="images",
          doc="overscan, trim, bias, flat, gain; weight and flags"),
-    Step("extraction", "images", ("extraction",), ("preprocessing",), "1",
+    Step("extraction", "images", ("extraction",), ("preprocessing",), "2",  # 2: joint PSF fit, checked
          {"sources": "{exposure}/{ccd}.sources.fits", "psf": "{exposure}/{ccd}.psf.fits",
           "background": "{exposure}/{ccd}.bg.fits"},
          (_rule("extract", _CCD, ("sources", "psf", "background"), _IM, per_ccd=True),),
@@ -153,11 +153,11 @@ TABLE: tuple[Step, ...] = (
          {"reference": "{field}_{filter}_{ccd}"},  # prefix of .image.fits, .psf.fits, .sources.fits
          (_rule("references", ("field", "filter", "ccd"), ("reference",), _TR),), ingest="references",
          doc="deep coadd of the reference images per field, filter and CCD"),
-    Step("subtraction", "images", ("subtraction",), ("zero_point", "references"), "2",  # 2: NACF variances
+    Step("subtraction", "images", ("subtraction",), ("zero_point", "references"), "3",  # 3: AL on all PSF candidates
          {"difference": "{exposure}/{ccd}.sub.fits", "aligned_reference": "{exposure}/{ccd}.refaligned.fits"},
          (_rule("subtraction", _CCD, ("difference", "aligned_reference"), _TR, per_ccd=True),),
          ingest="subtractions", doc="reference aligned to the new image and subtracted (ZOGY, Alard-Lupton)"),
-    Step("detection", "images", ("detection",), ("subtraction",), "1",
+    Step("detection", "images", ("detection",), ("subtraction",), "2",  # 2: PSF-fit fluxes
          {"candidates": "{exposure}/{ccd}.candidates.fits"},
          (_rule("detection", _CCD, ("candidates",), _TR, per_ccd=True),),
          doc="positive and negative candidates on the score image"),
@@ -169,12 +169,12 @@ TABLE: tuple[Step, ...] = (
          {"measurements": "{exposure}/{ccd}.measurements.fits"},
          (_rule("measurements", _CCD, ("measurements",), _TR, per_ccd=True),), ingest="measurements",
          doc="fluxes, shapes and analytic cuts per candidate"),
-    Step("rb_training", "images", ("scoring", "injection"), ("measurements",), "1",
+    Step("rb_training", "images", ("scoring", "injection"), ("measurements",), "2",  # 2: stamp widths vs diff PSF
          {"training_set": "{exposure}/{ccd}.training.fits", "rb_model": "democam_rb_model.json"},
          (_rule("rb_training_set", _CCD, ("training_set",), _TR, per_ccd=True),
           _rule("train_rb", (), ("rb_model",), _TR)),
          doc="labelled injections per new CCD; the democam_rb model trained on all of them"),
-    Step("scoring", "images", ("scoring",), ("measurements", "rb_training"), "1",
+    Step("scoring", "images", ("scoring",), ("measurements", "rb_training"), "2",  # 2: stamp widths vs diff PSF
          {"scores": "{exposure}/{ccd}.scores.fits"},
          (_rule("scoring", _CCD, ("scores",), _TR, per_ccd=True),), ingest="scores",
          doc="real/bogus score per kept measurement"),

@@ -168,7 +168,7 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
                 {"model": prod("rb_model")})
     if step == "scoring":
         inputs = {"measurements": prod("measurements", **e), "cutouts": prod("cutouts", **e),
-                  "psf": prod("psf", **e)}
+                  "difference": prod("difference", **e)}
         if cfg["scoring"]["algorithm"] == "democam_rb":
             inputs["model"] = prod("rb_model")
         return inputs, {"scores": prod("scores", **e)}

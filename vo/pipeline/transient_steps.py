@@ -33,16 +33,16 @@ def run_references(cfg: dict, field: str, filt: str, ccd: str, inputs: dict, out
 
     images, psfs, zps = [], [], []
     for img, psf, wcs, zp in zip(inputs["image"], inputs["psf"], inputs["wcs"], inputs["zp"]):
-        sol, z = read_wcs(wcs), read_zp(zp)
-        if not (sol.ok and z.ok):
+        sol, z, model = read_wcs(wcs), read_zp(zp), read_psf(psf)
+        if not (sol.ok and z.ok and model.ok):
             log.warning("reference %s %s %s: leaving out %s (%s)", field, filt, ccd, img,
-                        sol.reason or z.reason)
+                        sol.reason or z.reason or model.why)
             continue
         images.append(with_wcs(read_image(img), sol.wcs))
-        psfs.append(read_psf(psf))
+        psfs.append(model)
         zps.append(z.zp)
     if not images:
-        raise SkipProduct(f"reference {field} {filt} {ccd}: no input with a good WCS and zero point")
+        raise SkipProduct(f"reference {field} {filt} {ccd}: no input with a good WCS, zero point and PSF")
     best = min(range(len(images)), key=lambda i: float(psfs[i].fwhm()))
     try:
         ref = build_reference(images, psfs, zps, images[best].wcs, images[best].sci.shape, cfg["references"],
@@ -58,8 +58,8 @@ def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
     """Align the reference onto the new image and subtract it (ZOGY or Alard-Lupton).
 
     Skipped (flagged, see :func:`skippable`) when the new image's astrometry or zero point failed,
-    the reference does not overlap it, or the pair cannot be subtracted (too few unflagged pixels
-    in common, too few stars for Alard-Lupton)."""
+    its PSF model failed its check, the reference does not overlap it, or the pair cannot be
+    subtracted (too few unflagged pixels in common, too few stars for Alard-Lupton)."""
     from vo.images.reference.align import align_image, with_wcs
     from vo.images.astrometry import read_wcs
     from vo.images.reference.coadd import read_reference
@@ -72,13 +72,19 @@ def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
     if not (sol.ok and zp.ok):
         raise SkipProduct(f"{exposure} {ccd}: cannot subtract: astrometry/zero point failed "
                           f"({sol.reason or zp.reason}) in {inputs['wcs']}")
+    new_psf = read_psf(inputs["psf"])
+    if not new_psf.ok:
+        raise SkipProduct(f"{exposure} {ccd}: cannot subtract: PSF model flagged ({new_psf.why}) in {inputs['psf']}")
     new = with_wcs(read_image(inputs["image"]), sol.wcs)
     ref = read_reference({"image": inputs["ref_image"], "psf": inputs["ref_psf"], "sources": inputs["ref_sources"]})
+    if not ref.psf.ok:
+        raise SkipProduct(f"{exposure} {ccd}: cannot subtract: the reference's PSF model is flagged "
+                          f"({ref.psf.why}) in {inputs['ref_psf']}")
     try:
         aligned, ref_psf = align_image(ref.image, new.wcs, new.sci.shape, psf=ref.psf)
         if not (aligned.flags == 0).any():
             raise SubtractionError(f"{inputs['ref_image']} does not overlap {exposure} {ccd}")
-        diff = subtract(new, aligned, read_psf(inputs["psf"]), ref_psf, zp.zp, ref.zp, cfg["subtraction"],
+        diff = subtract(new, aligned, new_psf, ref_psf, zp.zp, ref.zp, cfg["subtraction"],
                         method=cfg["subtraction"]["method"])
     except SubtractionError as exc:
         raise SkipProduct(f"{exposure} {ccd}: cannot subtract {inputs['ref_image']}: {exc}") from exc
@@ -271,9 +277,8 @@ def run_scoring(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict)
     from vo.images.realbogus import score
     from vo.images.detect.cutouts import read_cutouts
     from vo.images.detect.measure import read_measurements
-    from vo.images.extract.psf import read_psf
-
     from vo.images.realbogus.training import select_cutouts
+    from vo.images.subtract import difference_fwhm
 
     meas = read_measurements(inputs["measurements"])
     cut = read_cutouts(inputs["cutouts"])
@@ -285,7 +290,7 @@ def run_scoring(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict)
     algorithm = cfg["scoring"]["algorithm"]
     model = score.load_model(inputs["model"]) if algorithm == "democam_rb" else None
     table = score.score(meas, stamps, algorithm, model=model, pars=cfg["scoring"],
-                        fwhm=float(np.atleast_1d(read_psf(inputs["psf"]).fwhm())[0]))
+                        fwhm=difference_fwhm(inputs["difference"]))
     score.write_scores(outputs["scores"], table, file_attrs(cfg, "scoring"))
     log.info("%s %s: %d of %d candidates score >= %.2f (%s)", exposure, ccd, int(table["is_real"].sum()),
              len(table), cfg["scoring"]["threshold"], algorithm)

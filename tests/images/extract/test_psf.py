@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from vo.images.extract.psf import (PSFModel, fit_psf_model, fit_stars, moffat_fwhm, moffat_pixels,
+from vo.images.extract.psf_fit import fit_stars, initial_model as fit_psf_model
+from vo.images.extract.psf import (PSFModel, moffat_fwhm, moffat_pixels,
                            n_terms, read_psf, stamp_grid, write_psf)
 from vo.io.fits import FitsError
 
@@ -183,3 +184,45 @@ def test_democam_rendering_is_the_pixel_integrated_model():
         inside = img > 0
         assert np.abs(img - model)[inside].max() < 1e-3 * model.max()
         assert 1 - 2e-3 < img.sum() / flux <= 1.0
+
+
+def test_joint_fit_rejects_galaxies_and_weights_bright_stars():
+    """Among the PSF candidates, stars with a galaxy on top (FWHM x 2, beta 1.5) are rejected
+    by the centred robust tests, and the joint fit of the
+    pixels recovers the true width to 1% across the image."""
+    from test_extract import moffat_pixels as truth_pixels
+    from vo.images.extract.psf_fit import fit_psf
+
+    sub, weight, rms, x, y, fwhm, beta = _star_field(seed=5)
+    rng = np.random.default_rng(5)
+    gal = rng.choice(x.size, 12, replace=False)          # 10% of the candidates are galaxies
+    ix, iy, _, _ = stamp_grid(x[gal], y[gal], 15)
+    alpha = 2 * fwhm[gal] / (2 * np.sqrt(2 ** (1 / 1.5) - 1))
+    P = truth_pixels(ix - x[gal, None, None], iy - y[gal, None, None], alpha, alpha,
+                     np.zeros(gal.size), np.full(gal.size, 1.5), sub=5)
+    sub = sub.copy()
+    np.add.at(sub, (iy, ix), (5e4 * P).astype(np.float32))
+    stars = fit_stars(sub, weight, rms, x, y, 3.0, 8)
+    stars["snr"] = np.asarray(stars["flux"]) / np.sqrt(np.asarray(stars["flux"]) + 200 * 50)
+    psf = fit_psf(sub, weight, rms, stars, sub.shape, 2, 8, subsample=3)
+    used = np.asarray(psf.stars["used"], bool)
+    assert not used[gal].any()
+    assert used.sum() >= x.size - gal.size - 3
+    assert psf.ok and abs(psf.fwhm_ratio - 1) < 0.01
+    for xx in (50.0, 300.0, 550.0):
+        assert psf.fwhm(np.array([xx]), np.array([300.0]))[0] == pytest.approx(2.5 + xx / 600, rel=0.01)
+
+
+def test_model_that_disagrees_with_its_stars_is_flagged(tmp_path):
+    """A model outside the tolerance at every order is returned flagged with its reason, and the
+    flag survives the file."""
+    from vo.images.extract.psf_fit import fit_psf
+
+    sub, weight, rms, x, y, _, _ = _star_field()
+    stars = fit_stars(sub, weight, rms, x, y, 3.0, 8)
+    stars["snr"] = 100.0
+    psf = fit_psf(sub, weight, rms, stars, sub.shape, 1, 8, tol=0.0, name="cam7 exp9")
+    assert not psf.ok and "cam7 exp9" in psf.why and "FWHM" in psf.why
+    write_psf(tmp_path / "p.fits", psf)
+    back = read_psf(tmp_path / "p.fits")
+    assert not back.ok and back.why == psf.why and back.fwhm_ratio == pytest.approx(psf.fwhm_ratio)

@@ -20,6 +20,7 @@ from scipy.spatial import cKDTree
 from vo.pipeline import images as R
 from vo.images.realbogus import score as S
 from vo.images.realbogus import training as T
+from vo.images.subtract import difference_fwhm
 
 from democam import democam_config, make
 
@@ -195,8 +196,9 @@ def test_real_difference(demo, trained):
         i, o = R.rule_io("measurements", cfg, exp, R.ccds(cfg)[0])
         meas = read_measurements(o["measurements"])
         stamps = T.select_cutouts(read_cutouts(i["cutouts"]), meas["id"])
+        diff = R.rule_io("subtraction", cfg, exp, R.ccds(cfg)[0])[1]["difference"]
         sc = np.asarray(S.score(meas, stamps, "democam_rb", model, cfg["scoring"],
-                                fwhm=float(inp[exp]["new_psf"].fwhm()))["score"])
+                                fwhm=difference_fwhm(diff))["score"])
         truth = inp[exp]["truth"]
         tr = truth[(truth["kind"] == "transient") & truth["inside"]]
         var = truth[truth["kind"] == "variable"]

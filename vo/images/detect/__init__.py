@@ -5,6 +5,10 @@ in absolute value are grouped into 8-connected regions, positive and negative on
 (``scipy.ndimage.label``). Each region is one candidate at its score peak, refined to sub-pixel
 precision by a quadratic fit to the 3x3 pixels around the peak: the score is a matched filter,
 so its peak is the maximum-likelihood position of a point source and its peak value its S/N.
+The flux is a PSF fit at that sub-pixel position: the difference's PSF (Fourier-shifted) fitted
+to the difference's pixels within ``FIT_RADIUS`` FWHM, weighted by its error map. (The flux map
+interpolated at the peak, as before, reads low by the curvature a 3x3 quadratic misses: 1.8-1.9%
+on real DECam frames, up to 3% at FWHM 2 pix in tests.)
 Regions of one sign whose peaks lie within ``merge_radius`` are one source (a noisy source can
 cross the threshold in two blobs): only the strongest is kept. A dipole (misaligned star) gives
 one positive and one negative candidate; the measurement step recognises them.
@@ -44,6 +48,8 @@ HEADER_KEYS = {"THRESH": "detection threshold (sigma)", "SCOREIMG": "score image
                "N_CAND": "number of candidates", "N_POS": "positive candidates",
                "N_NEG": "negative candidates", "N_TRUNC": "candidates over max_candidates, left out"}
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity
+FIT_RADIUS = 1.5  # radius of the candidates' PSF fit (FWHM), as the measurement step's default
+CHUNK = 4096      # candidates per chunk of PSF stamps (bounds the temporary memory)
 
 # Least-squares fit of c + bu u + bv v + auu u^2 + auv u v + avv v^2 to a 3x3 patch (u, v in
 # -1, 0, 1; patch raveled row-major: v = row offset, u = column offset).
@@ -93,6 +99,42 @@ def _peak_from_coeffs(c: np.ndarray):
 def quadratic_value(c: np.ndarray, du, dv) -> np.ndarray:
     """Value of the fitted quadratic surfaces ``c`` (n, 6) at offsets (du, dv)."""
     return c[:, 0] + c[:, 1] * du + c[:, 2] * dv + c[:, 3] * du * du + c[:, 4] * du * dv + c[:, 5] * dv * dv
+
+
+def psf_fluxes(img: np.ndarray, err: np.ndarray, psf: np.ndarray, x, y,
+                radius: float = FIT_RADIUS) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least-squares PSF amplitude at fixed sub-pixel positions, all at once.
+
+    ``img`` (e-) and ``err`` (1-sigma e-, NaN or <= 0 where unusable) on one grid; ``psf`` a
+    unit-sum odd square stamp centred on its central pixel (shifted to each position by
+    :func:`vo.images.detect.measure.psf_stamps`). Pixels within ``radius`` FWHM enter with
+    weight 1/err^2. Returns flux and its error (e-; NaN where no pixel is usable).
+    """
+    from vo.images.detect.measure import psf_stamps, stamp_fwhm
+
+    x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
+    stamp = np.asarray(psf, np.float64)
+    fwhm = stamp_fwhm(stamp / stamp.sum())
+    half = max(1, int(np.ceil(radius * fwhm)))
+    ny, nx = img.shape
+    flux, ferr = np.full(len(x), np.nan), np.full(len(x), np.nan)
+    k = np.arange(-half, half + 1)
+    for lo in range(0, len(x), CHUNK):
+        sl = slice(lo, lo + CHUNK)
+        P, _ = psf_stamps(stamp, x[sl], y[sl], half)
+        ix = np.rint(x[sl]).astype(np.int64)[:, None, None] + k[None, None, :]
+        iy = np.rint(y[sl]).astype(np.int64)[:, None, None] + k[None, :, None]
+        inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        jx, jy = np.clip(ix, 0, nx - 1), np.clip(iy, 0, ny - 1)
+        d, e = img[jy, jx].astype(np.float64), err[jy, jx].astype(np.float64)
+        near = (ix - x[sl, None, None]) ** 2 + (iy - y[sl, None, None]) ** 2 <= (radius * fwhm) ** 2
+        use = inside & near & np.isfinite(d) & np.isfinite(e) & (e > 0)
+        w = np.where(use, 1 / np.where(use, e, 1) ** 2, 0.0)
+        spp = (w * P * P).sum(axis=(1, 2))
+        has = spp > 0
+        flux[sl] = np.where(has, (w * P * np.where(use, d, 0)).sum(axis=(1, 2)) / np.where(has, spp, 1), np.nan)
+        ferr[sl] = np.where(has, 1 / np.sqrt(np.where(has, spp, 1)), np.nan)
+    return flux, ferr
 
 
 def _regions(signed: np.ndarray, threshold: float, flags: np.ndarray) -> dict:
@@ -163,7 +205,8 @@ def detect_candidates(diff, pars: dict | None = None, wcs=None) -> Table:
     Parameters
     ----------
     diff : vo.images.subtract.Difference (or any object with 2-D ``score`` / ``score_corr``
-        (sigma), ``flux``, ``flux_err`` (e- of the new image) and ``flags`` (uint16) arrays).
+        (sigma), ``diff``, ``diff_err`` (e- of the new image) and ``flags`` (uint16) arrays and
+        the unit-sum ``psf`` stamp of ``diff``).
     pars : the ``detection`` config section (missing keys take the schema defaults).
     wcs : astropy WCS (or Header) of the new image's pixel grid, for ``ra``/``dec``; None gives NaN.
 
@@ -171,8 +214,8 @@ def detect_candidates(diff, pars: dict | None = None, wcs=None) -> Table:
     -------
     astropy Table, one row per candidate, sorted by decreasing ``|snr|``: id (0..n-1), x, y
     (sub-pixel score peak, 0-based pix), x_peak, y_peak (peak pixel), x_centroid, y_centroid
-    (score-weighted centroid of the region, pix), ra, dec (deg), flux, flux_err (PSF flux
-    ``alpha`` and its error at the peak, e-), snr (signed score at the peak, sigma),
+    (score-weighted centroid of the region, pix), ra, dec (deg), flux, flux_err (PSF fit at
+    (x, y) on ``diff`` with ``psf``, weights ``1 / diff_err^2``; e-), snr (signed score at the peak, sigma),
     is_negative, npix (pixels above threshold, summed over merged regions), flags (pixel flags
     at the peak) and flags_region (OR over the region). Meta: THRESH, SCOREIMG, N_CAND, N_POS,
     N_NEG, N_TRUNC.
@@ -182,8 +225,8 @@ def detect_candidates(diff, pars: dict | None = None, wcs=None) -> Table:
     if not threshold > 0:
         raise DetectionError(f"detection.threshold must be > 0 sigma, got {threshold}")
     score = _image(diff, p["score"])
-    flux, flux_err, flags = (_image(diff, k) for k in ("flux", "flux_err", "flags"))
-    for name, arr in (("flux", flux), ("flux_err", flux_err), ("flags", flags)):
+    img, err, flags = (_image(diff, k) for k in ("diff", "diff_err", "flags"))
+    for name, arr in (("diff", img), ("diff_err", err), ("flags", flags)):
         if arr.shape != score.shape:
             raise DetectionError(f"difference {name!r} shape {arr.shape} differs from "
                                  f"{p['score']!r} {score.shape}")
@@ -214,8 +257,6 @@ def detect_candidates(diff, pars: dict | None = None, wcs=None) -> Table:
     sign, iy, ix = r["sign"], r["iy"], r["ix"]
     # peaks of sign * s: the fit is linear in the data, so flip the coefficients' sign
     du, dv, val = _peak_from_coeffs(sign[:, None] * (_patches(s, iy, ix) @ _QUAD.T))
-    fcoef = _patches(np.where(np.isfinite(flux), flux, 0), iy, ix) @ _QUAD.T
-    fval = quadratic_value(fcoef, du, dv)
     snr = sign * val
     order = np.lexsort((ix, iy, -np.abs(snr)))
     n_trunc = max(0, n - int(p["max_candidates"]))
@@ -223,10 +264,13 @@ def detect_candidates(diff, pars: dict | None = None, wcs=None) -> Table:
         log.warning("%d candidates above %.3g sigma: keeping the %d with the highest |S/N| "
                     "(a failed subtraction?)", n, threshold, int(p["max_candidates"]))
         order = order[:int(p["max_candidates"])]
-    x, y = ix + du, iy + dv
-    cols = {"id": np.arange(len(order)), "x": x[order], "y": y[order], "x_peak": ix[order],
+    x, y = (ix + du)[order], (iy + dv)[order]
+    if getattr(diff, "psf", None) is None:
+        raise DetectionError("difference has no PSF stamp ('psf')")
+    fval, ferr = psf_fluxes(img, err, diff.psf, x, y)
+    cols = {"id": np.arange(len(order)), "x": x, "y": y, "x_peak": ix[order],
             "y_peak": iy[order], "x_centroid": r["cx"][order], "y_centroid": r["cy"][order],
-            "flux": fval[order], "flux_err": np.asarray(flux_err, np.float64)[iy, ix][order],
+            "flux": fval, "flux_err": ferr,
             "snr": snr[order], "is_negative": sign[order] < 0, "npix": r["npix"][order],
             "flags": np.asarray(flags, np.int64)[iy, ix][order], "flags_region": r["fl"][order]}
     w = _as_wcs(wcs)

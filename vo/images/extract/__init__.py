@@ -20,7 +20,8 @@ from scipy.spatial import cKDTree
 
 from vo import config as vconfig
 from vo.images.extract.background import Background, measure_background
-from vo.images.extract.psf import PSFError, PSFModel, cut_stamps, fit_psf_model, fit_stars, stamp_grid
+from vo.images.extract.psf import PSFError, PSFModel, cut_stamps, stamp_grid
+from vo.images.extract.psf_fit import fit_psf, fit_stars
 from vo.io.fits import FitsError, open_fits, write_fits
 
 
@@ -152,8 +153,8 @@ def build_psf(sub, weight, err, rms, flags, x, y, objs, p, name, saturation=None
                        f"unflagged, unsaturated sources with S/N >= 10)")
     stars = fit_stars(sub, weight, rms, x[idx], y[idx], fwhm0, half, int(p["psf_subsample"]))
     stars["snr"] = snr[idx]
-    return fit_psf_model(stars, sub.shape, int(p["psf_poly_order"]), int(p["psf_subsample"]),
-                         name=name)
+    return fit_psf(sub, weight, rms, stars, sub.shape, int(p["psf_poly_order"]), half,
+                   int(p["psf_subsample"]), bright_snr=float(p["psf_min_snr"]), name=name)
 
 
 def psf_photometry(sub, weight, rms, psf: PSFModel, x, y, radius: float):

@@ -170,6 +170,12 @@ class PSFModel:
         Gauss-Legendre points per pixel side used to integrate the profile over a pixel.
     stars : astropy Table or None
         The stars the model was fitted to (x, y, flux, per-star parameters, used flag).
+    ok : bool
+        False when the model failed its check against the stars' own widths
+        (:func:`vo.images.extract.psf_fit.fit_psf`); ``why`` then says how. Steps that need
+        an accurate PSF (subtraction) skip such an image with the reason.
+    fwhm_ratio : float
+        Median over bright stars of the model's FWHM at the star / the star's own (nan: unchecked).
     """
 
     coeffs: np.ndarray
@@ -177,6 +183,9 @@ class PSFModel:
     shape: tuple[int, int]
     subsample: int = 3
     stars: Table | None = field(default=None, repr=False)
+    ok: bool = True
+    why: str = ""
+    fwhm_ratio: float = float("nan")
 
     def _uv(self, x, y):
         ny, nx = self.shape
@@ -221,6 +230,20 @@ class PSFModel:
                 m[sl] = res
         return (ix, iy, m, gx, gy) if derivs else (ix, iy, m)
 
+    def encircled(self, radius: float, x=None, y=None) -> float:
+        """Fraction of a point source's total flux within ``radius`` (pix) of its centre, at
+        (x, y) (the image centre by default): the aperture correction of a circular aperture."""
+        import sep
+
+        if x is None:
+            x, y = (self.shape[1] - 1) / 2, (self.shape[0] - 1) / 2
+        half = int(np.ceil(radius)) + 2
+        stamp = np.ascontiguousarray(self.render([float(np.rint(x))], [float(np.rint(y))], half)[2][0],
+                                     np.float32)
+        f, _, _ = sep.sum_circle(stamp, np.array([float(half)]), np.array([float(half)]), float(radius),
+                                 subpix=5)
+        return float(f[0])
+
     def evaluate(self, x, y, size: int) -> np.ndarray:
         """Normalised PSF at image position (x, y) (0-based pix) on a ``size`` x ``size`` stamp.
 
@@ -234,155 +257,6 @@ class PSFModel:
         scalar = np.ndim(x) == 0
         stamps = self.render(x, y, size // 2)[2]
         return stamps[0] if scalar else stamps
-
-
-# --------------------------------------------------------------------------- fitting
-
-
-def fit_stars(sub, weight, rms, x, y, fwhm0: float, half: int, subsample: int = 3,
-              n_iter: int = 40) -> Table:
-    """Fit a free elliptical Moffat plus a constant local sky to each star (batched
-    Levenberg-Marquardt).
-
-    The local sky absorbs the error of the background map under the star: a map estimated
-    with the stars' faint wings in its meshes (sep, SExtractor) sits a few e- above the true
-    sky, which, left in, cuts the wings of every PSF star and biases beta high (3.16 for 3.0
-    at FWHM 3.5 pix) and so the PSF fluxes low by 1%.
-
-    Parameters
-    ----------
-    sub : 2-D float32 array
-        Background-subtracted image (e-).
-    weight : 2-D float32 array
-        Inverse variance (1/e-^2), 0 where flagged: only where it is > 0 do pixels enter.
-    rms : 2-D float32 array
-        Background RMS (e-). The fit weights are ``1 / (rms**2 + model)`` (gain 1: e-), from the
-        current model, not the data: weights computed from the noisy data bias the profile.
-    x, y : arrays
-        Starting positions (0-based pix).
-    fwhm0 : float
-        Starting FWHM (pix).
-    half : int
-        Half-size of the fitting stamps (pix).
-
-    Returns
-    -------
-    Table with x, y, flux (e-), a11, a12, a22, beta, fwhm, sky (e-/pix, local level above
-    ``sub``), chi2 (reduced), ok.
-    """
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    n = x.size
-    ix, iy, _, _ = stamp_grid(x, y, half)
-    (d, w, s), _ = cut_stamps([sub, weight, rms], ix, iy)
-    d = d.astype(np.float32)
-    inside = (w > 0).astype(np.float32)
-    s2 = np.where(w > 0, s.astype(np.float32) ** 2, 1)
-    beta0 = 3.0
-    alpha0 = fwhm0 / (2 * np.sqrt(2 ** (1 / beta0) - 1))
-    npar = 8  # flux, x0, y0, a11, a12, a22, beta, sky
-    p = np.zeros((n, npar))
-    p[:, 1], p[:, 2] = x, y
-    p[:, 3], p[:, 5], p[:, 6] = 1 / alpha0 ** 2, 1 / alpha0 ** 2, beta0
-    p[:, 0] = np.maximum((d * inside).sum(axis=(1, 2)), 1.0)
-    ixf, iyf = ix.astype(np.float32), iy.astype(np.float32)
-
-    def model(k, q, derivs):
-        dx = ixf[k] - q[:, 1, None, None].astype(np.float32)
-        dy = iyf[k] - q[:, 2, None, None].astype(np.float32)
-        return moffat_pixels(dx, dy, q[:, 3], q[:, 4], q[:, 5], q[:, 6], subsample, derivs)
-
-    def valid(k, q):
-        return ((q[:, 3] > 0) & (q[:, 5] > 0) & (q[:, 3] * q[:, 5] - q[:, 4] ** 2 > 0)
-                & (q[:, 6] > BETA_RANGE[0]) & (q[:, 6] < BETA_RANGE[1]) & (q[:, 0] > 0)
-                & (np.abs(q[:, 1] - x[k]) < half / 2) & (np.abs(q[:, 2] - y[k]) < half / 2))
-
-    lam = np.full(n, 1e-3)
-    c = np.full(n, np.inf)
-    act = np.arange(n)  # stars still iterating: only these are evaluated
-    for _ in range(n_iter):
-        if act.size == 0:
-            break
-        q = p[act]
-        m, dm = model(act, q, True)
-        fm = q[:, 0, None, None].astype(np.float32) * m
-        u = inside[act] / (s2[act] + np.maximum(fm, 0))
-        r = d[act] - fm - q[:, 7, None, None].astype(np.float32)
-        c_cur = (u * r * r).sum(axis=(1, 2), dtype=np.float64)
-        c[act] = c_cur
-        J = np.empty((npar,) + m.shape, np.float32)
-        J[0] = m
-        J[1:7] = q[:, 0, None, None].astype(np.float32) * dm
-        J[7] = 1
-        J = J.reshape(npar, act.size, -1)
-        uf, rf = u.reshape(act.size, -1), r.reshape(act.size, -1)
-        H = np.einsum("inp,np,jnp->nij", J, uf, J, dtype=np.float64)
-        g = np.einsum("inp,np,np->ni", J, uf, rf, dtype=np.float64)
-        diag = np.einsum("nii->ni", H) + 1e-30
-        H = H + (lam[act, None] * diag)[:, :, None] * np.eye(npar)
-        bad_h = ~np.all(np.isfinite(H), axis=(1, 2)) | (np.linalg.det(H) <= 0)
-        H[bad_h] = np.eye(npar)
-        g[bad_h] = 0
-        trial = q + np.linalg.solve(H, g[..., None])[..., 0]
-        ok = valid(act, trial) & ~bad_h
-        c_new = np.full(act.size, np.inf)
-        if ok.any():
-            rt = (d[act[ok]] - trial[ok, 0, None, None].astype(np.float32) * model(act[ok], trial[ok], False)
-                  - trial[ok, 7, None, None].astype(np.float32))
-            c_new[ok] = (u[ok] * rt * rt).sum(axis=(1, 2), dtype=np.float64)
-        better = c_new < c_cur
-        converged = better & ((c_cur - c_new) < 1e-5 * c_cur + 1e-2)
-        p[act[better]] = trial[better]
-        c[act[better]] = c_new[better]
-        lam[act] = np.where(better, lam[act] / 3, lam[act] * 5)
-        act = act[~converged & (lam[act] < 1e6) & ~bad_h]
-    ok_all = valid(np.arange(n), p) & np.isfinite(c)
-    dof = np.maximum(inside.sum(axis=(1, 2)) - npar, 1)
-    t = Table()
-    t["x"], t["y"], t["flux"] = p[:, 1], p[:, 2], p[:, 0]
-    for k, name in enumerate(PARAMS):
-        t[name] = p[:, 3 + k]
-    t["fwhm"] = moffat_fwhm(p[:, 3], p[:, 4], p[:, 5], p[:, 6])
-    t["sky"] = p[:, 7]
-    t["chi2"] = c / dof
-    t["ok"] = ok_all
-    return t
-
-
-def fit_psf_model(stars: Table, shape, order: int, subsample: int = 3, clip: float = 3.0,
-                  n_clip: int = 5, name: str = "image") -> PSFModel:
-    """Fit the polynomial spatial variation to single-star fits (sigma-clipped least squares).
-
-    The order is lowered when there are too few stars (fewer than 3 per polynomial term).
-    Stars whose parameters or reduced chi2 are outliers (galaxies, blends, cosmic rays) are dropped.
-    Raises :class:`PSFError` naming ``name`` when no star is usable.
-    """
-    stars = stars.copy()
-    use = np.asarray(stars["ok"], bool).copy()
-    if use.sum() < 1:
-        raise PSFError(f"{name}: no usable PSF star (of {len(stars)} candidates)")
-    while order > 0 and use.sum() < 3 * n_terms(order):
-        order -= 1
-    ny, nx = shape
-    u = 2 * np.asarray(stars["x"], float) / max(nx - 1, 1) - 1
-    v = 2 * np.asarray(stars["y"], float) / max(ny - 1, 1) - 1
-    D = _design(u, v, order)
-    P = np.stack([np.asarray(stars[k], float) for k in PARAMS], axis=1)
-    logchi = np.log(np.maximum(np.asarray(stars["chi2"], float), 1e-6))
-    for _ in range(n_clip):
-        coef, *_ = np.linalg.lstsq(D[use], P[use], rcond=None)
-        res = P - D @ coef
-        scale = 1.4826 * np.median(np.abs(res[use] - np.median(res[use], axis=0)), axis=0) + 1e-12
-        chi_med = np.median(logchi[use])
-        chi_mad = 1.4826 * np.median(np.abs(logchi[use] - chi_med)) + 0.05
-        new = (np.asarray(stars["ok"], bool) & np.all(np.abs(res) < clip * scale, axis=1)
-               & (logchi - chi_med < clip * chi_mad))
-        if new.sum() < max(3, n_terms(order)) or np.array_equal(new, use):
-            break
-        use = new
-    coef, *_ = np.linalg.lstsq(D[use], P[use], rcond=None)
-    stars["used"] = use
-    return PSFModel(coeffs=coef.T.copy(), order=order, shape=(int(ny), int(nx)),
-                    subsample=int(subsample), stars=stars)
 
 
 # --------------------------------------------------------------------------- files
@@ -402,6 +276,11 @@ def write_psf(path: str | os.PathLike, psf: PSFModel, attrs: dict | None = None)
     h["NX"], h["NY"] = (psf.shape[1], "image width (pix)"), (psf.shape[0], "image height (pix)")
     h["SUBSAMP"] = (psf.subsample, "Gauss-Legendre points per pixel side")
     h["FWHM"] = (psf.fwhm(), "PSF FWHM at the image centre (pix)")
+    h["PSF_OK"] = (bool(psf.ok), "model agrees with the bright stars' own FWHM")
+    if np.isfinite(psf.fwhm_ratio):
+        h["PSF_FWQA"] = (float(psf.fwhm_ratio), "median model/star FWHM at bright stars")
+    if psf.why:
+        h["PSF_WHY"] = psf.why  # long strings become CONTINUE cards
     coef = fits.ImageHDU(np.asarray(psf.coeffs, np.float64), name="PSF_COEF")
     coef.header["PARAMS"] = (json.dumps(PARAMS), "rows of the coefficient array")
     half = int(np.ceil(3 * psf.fwhm()))
@@ -427,6 +306,7 @@ def read_psf(path: str | os.PathLike) -> PSFModel:
                                 f"{(len(PARAMS), n_terms(order))} for POLYDEG={order}")
             stars = Table(hdul["PSF_STARS"].data) if "PSF_STARS" in hdul else None
             return PSFModel(coeffs=coeffs, order=order, shape=(int(h["NY"]), int(h["NX"])),
-                            subsample=int(h["SUBSAMP"]), stars=stars)
+                            subsample=int(h["SUBSAMP"]), stars=stars, ok=bool(h.get("PSF_OK", True)),
+                            why=str(h.get("PSF_WHY", "")), fwhm_ratio=float(h.get("PSF_FWQA", np.nan)))
         except KeyError as exc:
             raise FitsError(f"{path}: missing PSF header keyword {exc}") from exc

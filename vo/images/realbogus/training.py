@@ -278,8 +278,8 @@ def pipeline_features(cfg: dict, new: Image, new_psf: PSFModel, new_zp: float, a
                       ref_psf: PSFModel, ref_zp: float, ref_sources: Table | None = None,
                       pixel_scale: float | None = None, keep_dropped: bool = False) -> Table:
     """Subtraction, detection, cutouts and measurements of the workflow on one new image, with
-    the ``stamp_*`` features (:func:`vo.images.realbogus.score.stamp_features`, FWHM of ``new_psf`` at the
-    CCD centre) added to the surviving measurements (to all of them with ``keep_dropped``)."""
+    the ``stamp_*`` features (:func:`vo.images.realbogus.score.stamp_features`, relative to the
+    FWHM of the difference's PSF: a candidate has that width, not the new image's) added to the surviving measurements (to all of them with ``keep_dropped``)."""
     diff = subtract(new, aligned_ref, new_psf, ref_psf, new_zp, ref_zp, cfg["subtraction"],
                     method=cfg["subtraction"]["method"])
     cand = detect_candidates(diff, cfg["detection"], wcs=new.wcs)
@@ -287,7 +287,7 @@ def pipeline_features(cfg: dict, new: Image, new_psf: PSFModel, new_zp: float, a
     meas = measure(cut, cand, diff.psf, new_zp, ref_sources, cfg["measurements"], pixel_scale=pixel_scale,
                    keep_dropped=keep_dropped)
     stamps = select_cutouts(cut, meas["id"])
-    st = rbscore.stamp_features(stamps["sub"], float(new_psf.fwhm()), stamps["sub_weight"], stamps["sub_flags"])
+    st = rbscore.stamp_features(stamps["sub"], float(diff.meta["fwhm"]), stamps["sub_weight"], stamps["sub_flags"])
     for c in st.colnames:
         meas[c] = st[c]
     snr = dict(zip(np.asarray(cand["id"]), np.asarray(cand["snr"], float)))

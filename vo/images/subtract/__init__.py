@@ -128,6 +128,15 @@ def write_difference(path: str | os.PathLike, d: Difference, attrs: dict | None 
     write_fits(path, fits.HDUList(hdus), attrs)
 
 
+def difference_fwhm(path: str | os.PathLike) -> float:
+    """FWHM (pix) of the difference PSF of a file written by :func:`write_difference` (the
+    width candidates on it have), from its primary header."""
+    with open_fits(path) as hdul:
+        if "FWHM" not in hdul[0].header:
+            raise FitsError(f"{path}: no FWHM in the primary header (not a difference file?)")
+        return float(hdul[0].header["FWHM"])
+
+
 def read_difference(path: str | os.PathLike) -> Difference:
     """Read a file written by :func:`write_difference` (:class:`FitsError` naming the file for a
     missing HDU or maps whose shapes disagree)."""
@@ -150,4 +159,4 @@ def read_difference(path: str | os.PathLike) -> Difference:
 
 
 __all__ = ["Difference", "SubtractionError", "subtract", "write_difference",
-           "read_difference", "parameters", "stamp_fwhm"]
+           "read_difference", "difference_fwhm", "parameters", "stamp_fwhm"]

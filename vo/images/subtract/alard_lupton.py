@@ -80,12 +80,16 @@ def convolve_basis(img: np.ndarray, factors, k: int, axes=(-2, -1)) -> np.ndarra
 
 
 def select_stars(stars, mask: np.ndarray, half: int, n_max: int, shape) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (x, y) of the brightest usable stars whose stamps are inside and unmasked."""
+    """Positions (x, y) of the brightest usable stars whose stamps are inside and unmasked.
+
+    Every PSF candidate with a good single fit (``ok``), not only those the PSF model kept
+    (``used``): any constant source constrains the kernel (a compact galaxy too), and the
+    kernel fit clips its own outliers."""
     if stars is None or len(stars) == 0:
         return np.zeros(0), np.zeros(0)
     x, y = np.asarray(stars["x"], float), np.asarray(stars["y"], float)
     use = np.ones(x.size, bool)
-    for col in ("used", "ok"):
+    for col in ("ok", "used"):
         if col in stars.colnames:
             use &= np.asarray(stars[col], bool)
             break
