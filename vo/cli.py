@@ -144,6 +144,27 @@ def cmd_resend_alerts(args) -> int:
     return 0
 
 
+def cmd_subtract(args) -> int:
+    from vo.images.calibrate.calibrated import CalibratedImageError
+    from vo.images.subtract.pair import PairError, subtract_files
+    from vo.io.fits import FitsError
+
+    cfg = _load(args) if (args.configfile or args.set) else None
+    read_kw = {k: v for k, v in (("gain", args.gain), ("hdu", args.hdu)) if v is not None}
+    try:
+        r = subtract_files(args.new, args.refs, args.output, args.method, args.candidates, cfg, read_kw)
+    except (CalibratedImageError, PairError, FitsError) as exc:
+        print(f"vo subtract: {exc}", file=sys.stderr)
+        return 2
+    for info in r.meta["references"]:
+        print(f"vo subtract: {info['name']}: offset ({info['offset'][0]:+.3f}, {info['offset'][1]:+.3f}) pix "
+              f"from {info['matches']} stars, flux ratio {info['flux_ratio']:.4f}")
+    n_neg = int(r.candidates["is_negative"].sum())
+    print(f"vo subtract: {args.output} ({args.method}), {len(r.candidates)} candidates "
+          f"({len(r.candidates) - n_neg} positive, {n_neg} negative)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vo", description="Survey photometry and light curves.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -185,6 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-db", action="store_true", help="files only; do not read the database")
     p.add_argument("--benchmarks", action="store_true", help="also runtime and memory per rule (benchmark files)")
     p.set_defaults(func=cmd_status)
+    p = common(sub.add_parser("subtract", help="subtract reference FITS image(s) from a new one: difference "
+                                               "file and candidate table"))
+    p.add_argument("new", help="the new image (calibrated FITS with a celestial WCS)")
+    p.add_argument("refs", nargs="+", metavar="REF", help="reference image(s); several are coadded")
+    p.add_argument("-o", "--output", required=True, help="difference file to write (FITS)")
+    p.add_argument("--method", choices=["zogy", "alard_lupton"], default="zogy")
+    p.add_argument("--candidates", help="candidate table to write (default OUTPUT.candidates.fits)")
+    p.add_argument("--gain", type=float, help="e- per data unit, for images without a GAIN keyword")
+    p.add_argument("--hdu", help="name or index of the data HDU (default: the first 2-D image)")
+    p.set_defaults(func=cmd_subtract)
     p = common(sub.add_parser("resend-alerts", help="send alert files that did not reach Kafka again"))
     p.add_argument("paths", nargs="*", help="alert files (default: every .avro under the data root)")
     p.set_defaults(func=cmd_resend_alerts)
