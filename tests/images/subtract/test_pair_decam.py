@@ -28,9 +28,7 @@ from vo.images.subtract.pair import subtract_images
 
 NEW = ["DEC-OBS18a", "DEC-OBS18b", "DEC-OBS18e"]
 REFS = ["DEC-OBS04a", "DEC-OBS04b", "DEC-OBS04e"]
-# Alard-Lupton against this coadd does not meet the bars yet (fluxes 0.90-0.91 on 18a/18e,
-# chi^2 1.18-1.27 on 18b/18e: its kernel is fitted on ~10 stars; issue 12, spatially varying kernel)
-METHODS = ["zogy"]
+METHODS = ["zogy", "alard_lupton"]
 ROUNDS = 5  # of 20 fakes: the median of 100 is good to ~0.6% (per-fake scatter ~5%)
 
 

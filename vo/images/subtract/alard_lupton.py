@@ -104,6 +104,26 @@ def select_stars(stars, mask: np.ndarray, half: int, n_max: int, shape) -> tuple
     return x[use][order][:n_max], y[use][order][:n_max]
 
 
+def constant_in_both(X, Y, xs, ys, radius: float, scale: float, tol: float = 1.5):
+    """Keep the stars whose flux in ``Y`` over that in ``X`` (sums within ``radius`` pix) is
+    within a factor ``tol`` of ``scale`` (the expected target / convolved ratio).
+
+    A source present in one image only (a transient, a variable star, an injected fake bright
+    enough to be a PSF star) would make the kernel map a star onto nothing: injected fakes
+    among a few real stars drove the kernel sum to 0 and the fluxes 10% low."""
+    if xs.size == 0:
+        return xs, ys
+    half = int(np.ceil(radius))
+    ix, iy, dx, dy = stamp_grid(xs, ys, half)
+    (sx, sy), _ = cut_stamps([X, Y], ix, iy)
+    ap = (dx * dx + dy * dy) <= radius * radius
+    fx, fy = (sx * ap).sum(axis=(1, 2)), (sy * ap).sum(axis=(1, 2))
+    ok = (fx > 0) & (fy > 0)
+    ratio = np.where(ok, fy / np.where(fx > 0, fx, 1), np.nan)
+    ok &= np.abs(np.log(np.where(ok, ratio, 1) / scale)) < np.log(tol)
+    return xs[ok], ys[ok]
+
+
 def fit_kernel(X, Y, VX, VY, xs, ys, factors, corr, kh: int, sh: int, spatial: int, bg_order: int,
                scale: float, clip: float, shape) -> tuple[np.ndarray, np.ndarray, dict]:
     """Fit the kernel coefficients on star stamps (weighted linear least squares, clipped stamps).
@@ -167,6 +187,7 @@ def alard_lupton(p: Prepared, pn: np.ndarray, pr: np.ndarray, fwhm_new: float, f
     sh = int(np.ceil(2.5 * fbig))
     factors, corr, kstamps = basis(sigmas, pars["al_degrees"], kh)
     xs, ys = select_stars(stars, p.mask, sh + kh, int(pars["al_max_stars"]), shape)
+    xs, ys = constant_in_both(X, Y, xs, ys, 1.5 * fbig, scale)
     if xs.size < MIN_STARS:
         raise SubtractionError(f"Alard-Lupton: {xs.size} usable stars (unflagged, inside by {sh + kh} pix) "
                                f"to fit the kernel; at least {MIN_STARS} are needed")

@@ -151,6 +151,19 @@ def register(new: Image, new_ex: Extraction, ref: Image, ref_ex: Extraction, nam
     return corrected, info
 
 
+def common_stars(new_src: Table, ref_src: Table, radius: float = 1.5) -> Table:
+    """The new image's unflagged sources of S/N >= MATCH_SNR with a reference source within
+    ``radius`` pix (both on the new grid): x, y, flux (e-). Alard-Lupton fits its kernel on
+    these: a source of one image only (a transient) cannot constrain it."""
+    b = _bright(new_src)
+    t = Table({"x": np.asarray(new_src["x"], float)[b], "y": np.asarray(new_src["y"], float)[b],
+               "flux": np.asarray(new_src["flux_psf"], float)[b]})
+    if len(t) == 0 or len(ref_src) == 0:
+        return t[:0]
+    d, _ = cKDTree(np.c_[ref_src["x"], ref_src["y"]]).query(np.c_[t["x"], t["y"]])
+    return t[d < radius]
+
+
 def subtract_images(new: Image, refs: list[Image], method: str = "zogy", pars: dict | None = None,
                     extraction: dict | None = None, detection: dict | None = None,
                     references: dict | None = None) -> PairResult:
@@ -187,7 +200,8 @@ def subtract_images(new: Image, refs: list[Image], method: str = "zogy", pars: d
     if not (aligned.flags == 0).any():
         raise PairError(f"{name_new}: the reference does not overlap it (no common unflagged pixel)")
     try:
-        diff = subtract(new, aligned, new_ex.psf, ref_psf, ZP_NEW, ref_zp, pars, method=method)
+        diff = subtract(new, aligned, new_ex.psf, ref_psf, ZP_NEW, ref_zp, pars, method=method,
+                        stars=common_stars(new_ex.sources, ref_src))
     except SubtractionError as exc:
         raise PairError(f"{name_new}: cannot subtract: {exc}") from exc
     cands = detect_candidates(diff, detection, wcs=new.wcs)
