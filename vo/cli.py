@@ -146,7 +146,7 @@ def cmd_resend_alerts(args) -> int:
 
 def cmd_subtract(args) -> int:
     from vo.images.calibrate.calibrated import CalibratedImageError
-    from vo.images.subtract.pair import PairError, subtract_files
+    from vo.images.pair import PairError, subtract_files
     from vo.io.fits import FitsError
 
     cfg = _load(args) if (args.configfile or args.set) else None

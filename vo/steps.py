@@ -129,7 +129,7 @@ TABLE: tuple[Step, ...] = (
          {"image": "{exposure}/{ccd}.image.fits"},
          (_rule("preprocess", _CCD, ("image",), _IM, per_ccd=True),), ingest="images",
          doc="overscan, trim, bias, flat, gain; weight and flags"),
-    Step("extraction", "images", ("extraction",), ("preprocessing",), "2",  # 2: joint PSF fit, checked
+    Step("extraction", "images", ("extraction",), ("preprocessing",), "3",  # 3: joint PSF fit in size, checked
          {"sources": "{exposure}/{ccd}.sources.fits", "psf": "{exposure}/{ccd}.psf.fits",
           "background": "{exposure}/{ccd}.bg.fits"},
          (_rule("extract", _CCD, ("sources", "psf", "background"), _IM, per_ccd=True),),
@@ -153,11 +153,11 @@ TABLE: tuple[Step, ...] = (
          {"reference": "{field}_{filter}_{ccd}"},  # prefix of .image.fits, .psf.fits, .sources.fits
          (_rule("references", ("field", "filter", "ccd"), ("reference",), _TR),), ingest="references",
          doc="deep coadd of the reference images per field, filter and CCD"),
-    Step("subtraction", "images", ("subtraction",), ("zero_point", "references"), "3",  # 3: AL on all PSF candidates
+    Step("subtraction", "images", ("subtraction",), ("zero_point", "references"), "4",  # 4: ZOGY tiles, kernel grid
          {"difference": "{exposure}/{ccd}.sub.fits", "aligned_reference": "{exposure}/{ccd}.refaligned.fits"},
          (_rule("subtraction", _CCD, ("difference", "aligned_reference"), _TR, per_ccd=True),),
          ingest="subtractions", doc="reference aligned to the new image and subtracted (ZOGY, Alard-Lupton)"),
-    Step("detection", "images", ("detection",), ("subtraction",), "2",  # 2: PSF-fit fluxes
+    Step("detection", "images", ("detection",), ("subtraction",), "3",  # 3: fits with each one's PSF
          {"candidates": "{exposure}/{ccd}.candidates.fits"},
          (_rule("detection", _CCD, ("candidates",), _TR, per_ccd=True),),
          doc="positive and negative candidates on the score image"),

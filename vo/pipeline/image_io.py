@@ -138,7 +138,8 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
                  "ref_sources": f"{ref}.sources.fits"},
                 {"difference": prod("difference", **e), "aligned_reference": prod("aligned_reference", **e)})
     if step == "detection":
-        return {"difference": prod("difference", **e)}, {"candidates": prod("candidates", **e)}
+        return ({"difference": prod("difference", **e), "psf": prod("psf", **e)},
+                {"candidates": prod("candidates", **e)})
     if step == "cutouts":
         return ({"candidates": prod("candidates", **e), "image": prod("image", **e), "wcs": prod("wcs", **e),
                  "aligned_reference": prod("aligned_reference", **e), "difference": prod("difference", **e)},

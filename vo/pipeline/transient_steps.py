@@ -103,10 +103,11 @@ def run_detection(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dic
     from astropy.wcs import WCS
 
     from vo.images.detect import detect_candidates, write_candidates
+    from vo.images.extract.psf import read_psf
     from vo.images.subtract import read_difference
 
     diff = read_difference(inputs["difference"])
-    cands = detect_candidates(diff, cfg["detection"], wcs=WCS(diff.header))
+    cands = detect_candidates(diff, cfg["detection"], wcs=WCS(diff.header), new_psf=read_psf(inputs["psf"]))
     write_candidates(outputs["candidates"], cands, file_attrs(cfg, "detection"))
     log.info("%s %s: %d candidates (%d negative)", exposure, ccd, len(cands),
              int(cands["is_negative"].sum()) if len(cands) else 0)

@@ -46,7 +46,7 @@ BAD_LEVEL = 6.0       # sigma per pixel along the bad columns
 def moffat(fwhm: float = FWHM, beta: float = 3.0, shape=SHAPE) -> PSFModel:
     """A constant round Moffat PSF model of the given FWHM (pix)."""
     a = 4 * (2 ** (1 / beta) - 1) / fwhm ** 2
-    return PSFModel(coeffs=np.array([[a], [0.0], [a], [beta]]), order=0, shape=tuple(shape))
+    return PSFModel.constant(a, 0.0, a, beta, shape)
 
 
 def add_psf(img: np.ndarray, psf: PSFModel, x, y, flux, half: int = 12) -> None:

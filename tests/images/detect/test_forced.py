@@ -21,7 +21,7 @@ DECAM = TEST_DATA / "decam" / "DEC-OBS04a.mini.fits"
 def moffat_model(fwhm: float, shape, beta: float = 3.0) -> PSFModel:
     """A constant circular Moffat PSF model."""
     alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
-    return PSFModel(coeffs=np.array([[alpha ** -2], [0.0], [alpha ** -2], [beta]]), order=0, shape=shape)
+    return PSFModel.constant(alpha ** -2, 0.0, alpha ** -2, beta, shape)
 
 
 def grid_positions(shape, step, margin, rng):

@@ -117,9 +117,15 @@ def test_read_psf_errors(tmp_path):
     with pytest.raises(FitsError, match="bad.psf.fits.*PSF_COEF"):
         read_psf(bad)
     psf = PSFModel(coeffs=np.zeros((4, 3)), order=1, shape=(10, 10))
-    psf.coeffs[:, 0] = [0.2, 0.0, 0.2, 3.0]
+    psf.coeffs[:, 0] = [2.2, 0.0, 2.2, 3.0]
     path = tmp_path / "ok.psf.fits"
     write_psf(path, psf)
+    old = tmp_path / "old.psf.fits"  # a file of the earlier parametrisation (rows a11, a12, a22, beta)
+    with fits.open(path) as hdul:
+        hdul["PSF_COEF"].header["PARAMS"] = '["a11", "a12", "a22", "beta"]'
+        hdul.writeto(old)
+    with pytest.raises(FitsError, match="old.psf.fits: PSF_COEF rows.*run the extraction step again"):
+        read_psf(old)
     with fits.open(path, mode="update") as hdul:
         hdul[0].header["POLYDEG"] = 2
     with pytest.raises(FitsError, match="ok.psf.fits.*shape"):
@@ -226,3 +232,25 @@ def test_model_that_disagrees_with_its_stars_is_flagged(tmp_path):
     write_psf(tmp_path / "p.fits", psf)
     back = read_psf(tmp_path / "p.fits")
     assert not back.ok and back.why == psf.why and back.fwhm_ratio == pytest.approx(psf.fwhm_ratio)
+
+
+def test_size_parametrisation_round_trip_and_jacobian():
+    """The size matrix S = A^(-1/2) and back, and d A / d S against finite differences; a
+    constant model gives the Moffat it was built from."""
+    from vo.images.extract.psf import shape_jacobian, shape_to_size, size_to_shape
+
+    a = (np.array([0.30, 0.12]), np.array([0.02, -0.03]), np.array([0.25, 0.2]))
+    s = shape_to_size(*a)
+    for got, want in zip(size_to_shape(*s), a):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    J = shape_jacobian(*s)
+    h = 1e-6
+    for j in range(3):
+        up = [v.copy() for v in s]
+        dn = [v.copy() for v in s]
+        up[j] += h
+        dn[j] -= h
+        fd = (np.array(size_to_shape(*up)) - np.array(size_to_shape(*dn))) / (2 * h)
+        np.testing.assert_allclose(J[:, j, :], fd, rtol=1e-5, atol=1e-9)
+    psf = PSFModel.constant(0.3, 0.02, 0.25, 3.2, (50, 60))
+    np.testing.assert_allclose(np.ravel(psf.params([5.0], [7.0])), [0.3, 0.02, 0.25, 3.2], rtol=1e-12)

@@ -26,8 +26,7 @@ BAD_COL = 37
 
 def moffat_psf(shape, fwhm=FWHM, beta=BETA) -> PSFModel:
     alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
-    coeffs = np.array([[1 / alpha ** 2], [0.0], [1 / alpha ** 2], [beta]])
-    return PSFModel(coeffs=coeffs, order=0, shape=tuple(shape), subsample=3)
+    return PSFModel.constant(1 / alpha ** 2, 0.0, 1 / alpha ** 2, beta, shape, subsample=3)
 
 
 def make_image(shape=(400, 400), seed=0) -> Image:

@@ -98,7 +98,7 @@ def test_bogus_injections_add_what_they_say():
     # a dipole moves flux: zero net, positive lobe on the side of the shift
     from vo.images.extract.psf import PSFModel
 
-    psf = PSFModel(coeffs=np.array([[0.12], [0.0], [0.12], [3.0]]), order=0, shape=(60, 60))  # Moffat, FWHM ~2.9
+    psf = PSFModel.constant(0.12, 0.0, 0.12, 3.0, (60, 60))  # Moffat, FWHM ~2.9
     sci[:] = 0
     T.add_dipoles(sci, psf, np.array([30.0]), np.array([30.0]), np.array([1e4]), np.array([0.4]), np.array([0.0]))
     assert abs(sci.sum()) < 1e-3 * 1e4

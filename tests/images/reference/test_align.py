@@ -249,7 +249,7 @@ def test_replace_wcs_and_with_wcs():
 def test_align_psf_matches_resampled_star():
     """An elongated PSF rotated by 30 deg: the aligned model vs a resampled noiseless star."""
     a11, a12, a22, beta = 0.12, 0.06, 0.05, 3.0  # FWHM 4.6 pix, axis ratio ~3
-    psf = PSFModel(coeffs=np.array([[a11], [a12], [a22], [beta]]), order=0, shape=SHAPE, subsample=3)
+    psf = PSFModel.constant(a11, a12, a22, beta, SHAPE, subsample=3)
     rot = make_wcs([180.5, 200.5], rot_deg=30.0, sip=False)
     src = make_wcs([180.5, 200.5], sip=False)
     xc, yc = 180.3, 200.6

@@ -1,4 +1,4 @@
-"""``vo subtract`` and :func:`vo.images.subtract.pair.subtract_files` on two real DECam files
+"""``vo subtract`` and :func:`vo.images.pair.subtract_files` on two real DECam files
 (tests/data/decam/): the difference file astropy reads, the candidate table, the registration
 figures, and clear errors for images that do not overlap or have no WCS."""
 

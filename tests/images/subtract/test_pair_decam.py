@@ -1,5 +1,5 @@
 """Real data, issue 12's bar: the reference is the coadd of DEC-OBS04a/b/e and each DEC-OBS18
-is subtracted from it with :func:`vo.images.subtract.pair.subtract_images` (registration by the
+is subtracted from it with :func:`vo.images.pair.subtract_images` (registration by the
 stars: the two series are offset by ~0.5 pix although their headers agree; flux ratio from the
 stars; coadd on the new grid; ZOGY).
 
@@ -24,7 +24,7 @@ from scipy.spatial import cKDTree
 from decam_stamps import load_stamp
 from test_subtract_decam import count_peaks, n_independent, sky_mask
 from vo.images.image import Image
-from vo.images.subtract.pair import subtract_images
+from vo.images.pair import subtract_images
 
 NEW = ["DEC-OBS18a", "DEC-OBS18b", "DEC-OBS18e"]
 REFS = ["DEC-OBS04a", "DEC-OBS04b", "DEC-OBS04e"]

@@ -31,7 +31,7 @@ ZP_REF = ZP_NEW + 2.5 * np.log10(FLUX_SCALE)
 def moffat_psf(fwhm: float, beta: float, shape) -> PSFModel:
     """A constant Moffat PSFModel (the true PSF of the simulated images)."""
     a = float(moffat_alpha(fwhm, beta))
-    return PSFModel(coeffs=np.array([[1 / a ** 2], [0.0], [1 / a ** 2], [beta]]), order=0, shape=tuple(shape))
+    return PSFModel.constant(1 / a ** 2, 0.0, 1 / a ** 2, beta, shape)
 
 
 def make_pair(shape=(384, 384), fwhm_n=3.0, fwhm_r=2.2, beta=3.0, sky_n=300.0, sky_r=100.0,
@@ -170,14 +170,16 @@ def test_write_read_difference(tmp_path):
     write_difference(path, d, {"step": "subtraction", "provenance_hash": "abc123", "code_version": "1"})
     with fits.open(path) as hdul:
         names = [h.name for h in hdul]
-        assert names == ["PRIMARY", "DIFF", "ERROR", "SCORE", "SCORR", "FLUX", "FLUXERR", "FLAGS", "PSF"]
+        assert names == ["PRIMARY", "DIFF", "ERROR", "SCORE", "SCORR", "FLUX", "FLUXERR", "FLAGS", "PSF",
+                         "KERNGRID"]
         assert hdul["DIFF"].data.dtype.name == "float32" and hdul["FLAGS"].data.dtype.name == "uint16"
         assert hdul[0].header["VO_HASH"] == "abc123" and hdul[0].header["METHOD"] == "zogy"
         assert hdul["DIFF"].header["CRVAL1"] == 150.0 and hdul["SCORR"].header["BUNIT"] == "sigma"
         np.testing.assert_array_equal(hdul["SCORR"].data, d.score_corr)
     back = read_difference(path)
-    for name in ("diff", "diff_err", "score", "score_corr", "flux", "flux_err", "flags", "psf"):
+    for name in ("diff", "diff_err", "score", "score_corr", "flux", "flux_err", "flags", "psf", "kernel_grid"):
         np.testing.assert_array_equal(getattr(back, name), getattr(d, name))
+    assert back.psf_grid is None and [list(e) for e in back.tile_edges] == [[0, 128], [0, 160]]
     assert back.meta["F_S"] == pytest.approx(d.meta["F_S"]) and back.header["CRVAL2"] == 2.0
     assert not list(tmp_path.glob("*.tmp*"))
 

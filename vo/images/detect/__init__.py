@@ -106,22 +106,23 @@ def psf_fluxes(img: np.ndarray, err: np.ndarray, psf: np.ndarray, x, y,
     """Weighted least-squares PSF amplitude at fixed sub-pixel positions, all at once.
 
     ``img`` (e-) and ``err`` (1-sigma e-, NaN or <= 0 where unusable) on one grid; ``psf`` a
-    unit-sum odd square stamp centred on its central pixel (shifted to each position by
-    :func:`vo.images.detect.measure.psf_stamps`). Pixels within ``radius`` FWHM enter with
+    unit-sum odd square stamp centred on its central pixel, or one per position (n, k, k),
+    Fourier-shifted to each position (:func:`vo.images.detect.measure.shift_stamp`). Pixels within ``radius`` FWHM enter with
     weight 1/err^2. Returns flux and its error (e-; NaN where no pixel is usable).
     """
-    from vo.images.detect.measure import psf_stamps, stamp_fwhm
+    from vo.images.detect.measure import shift_stamp, stamp_fwhm
 
     x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
     stamp = np.asarray(psf, np.float64)
-    fwhm = stamp_fwhm(stamp / stamp.sum())
+    stamp = stamp / stamp.sum(axis=(-2, -1), keepdims=True)
+    fwhm = stamp_fwhm(stamp if stamp.ndim == 2 else stamp[0])
     half = max(1, int(np.ceil(radius * fwhm)))
     ny, nx = img.shape
     flux, ferr = np.full(len(x), np.nan), np.full(len(x), np.nan)
     k = np.arange(-half, half + 1)
     for lo in range(0, len(x), CHUNK):
         sl = slice(lo, lo + CHUNK)
-        P, _ = psf_stamps(stamp, x[sl], y[sl], half)
+        P = shift_stamp(stamp if stamp.ndim == 2 else stamp[sl], x[sl] - np.rint(x[sl]), y[sl] - np.rint(y[sl]), half)
         ix = np.rint(x[sl]).astype(np.int64)[:, None, None] + k[None, None, :]
         iy = np.rint(y[sl]).astype(np.int64)[:, None, None] + k[None, :, None]
         inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
@@ -199,7 +200,7 @@ def _image(diff, name: str) -> np.ndarray:
     return arr
 
 
-def detect_candidates(diff, pars: dict | None = None, wcs=None) -> Table:
+def detect_candidates(diff, pars: dict | None = None, wcs=None, new_psf=None) -> Table:
     """Find positive and negative candidates on a difference image.
 
     Parameters
@@ -209,6 +210,8 @@ def detect_candidates(diff, pars: dict | None = None, wcs=None) -> Table:
         the unit-sum ``psf`` stamp of ``diff``).
     pars : the ``detection`` config section (missing keys take the schema defaults).
     wcs : astropy WCS (or Header) of the new image's pixel grid, for ``ra``/``dec``; None gives NaN.
+    new_psf : the new image's PSF model: with the difference's kernels (ZOGY) each candidate's
+        flux is fitted with its own profile (:func:`vo.images.subtract.tiles.templates`).
 
     Returns
     -------
@@ -267,7 +270,11 @@ def detect_candidates(diff, pars: dict | None = None, wcs=None) -> Table:
     x, y = (ix + du)[order], (iy + dv)[order]
     if getattr(diff, "psf", None) is None:
         raise DetectionError("difference has no PSF stamp ('psf')")
-    fval, ferr = psf_fluxes(img, err, diff.psf, x, y)
+    from vo.images.subtract.tiles import templates
+
+    fval, ferr = np.full(len(x), np.nan), np.full(len(x), np.nan)
+    for idx, stamps in templates(diff, x, y, new_psf):  # each candidate with its own PSF
+        fval[idx], ferr[idx] = psf_fluxes(img, err, stamps, x[idx], y[idx])
     cols = {"id": np.arange(len(order)), "x": x, "y": y, "x_peak": ix[order],
             "y_peak": iy[order], "x_centroid": r["cx"][order], "y_centroid": r["cy"][order],
             "flux": fval, "flux_err": ferr,

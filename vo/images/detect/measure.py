@@ -107,20 +107,21 @@ def stamp_fwhm(stamp: np.ndarray, upsample: int = 5) -> float:
 def shift_stamp(stamp: np.ndarray, dx, dy, half: int) -> np.ndarray:
     """The PSF stamp (odd size, centred on its central pixel) moved by (dx, dy) pix, on
     (n, 2*half+1, 2*half+1) stamps; a Fourier shift (exact for a band-limited PSF), zero-padded
-    so that nothing wraps around."""
+    so that nothing wraps around. ``stamp`` may also be one stamp per position, (n, m, m)."""
     stamp = np.asarray(stamp, np.float64)
-    m = stamp.shape[0]
+    m = stamp.shape[-1]
     size = 2 * half + 1
     L = max(m, size) + 8
     L += (L + 1) % 2                       # odd, so the centre is a pixel
-    pad = np.zeros((L, L))
+    pad = np.zeros(stamp.shape[:-2] + (L, L))
     o = (L - m) // 2
-    pad[o:o + m, o:o + m] = stamp
-    F = np.fft.rfft2(pad)
+    pad[..., o:o + m, o:o + m] = stamp
+    F = np.fft.rfft2(pad, axes=(-2, -1))
+    F = F[None] if F.ndim == 2 else F
     ky = np.fft.fftfreq(L)[None, :, None]
     kx = np.fft.rfftfreq(L)[None, None, :]
     dx, dy = np.asarray(dx, float)[:, None, None], np.asarray(dy, float)[:, None, None]
-    out = np.fft.irfft2(F[None] * np.exp(-2j * np.pi * (kx * dx + ky * dy)), s=(L, L), axes=(1, 2))
+    out = np.fft.irfft2(F * np.exp(-2j * np.pi * (kx * dx + ky * dy)), s=(L, L), axes=(1, 2))
     c = (L - size) // 2
     return out[:, c:c + size, c:c + size]
 

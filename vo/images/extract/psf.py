@@ -14,9 +14,13 @@ entries ``a11, a12, a22`` in 1/pix^2)::
 
     P(d) = (beta - 1) / pi * sqrt(det A) * (1 + d^T A d) ** -beta
 
-Spatial variation: each of ``a11, a12, a22, beta`` is a polynomial of total degree ``order`` in the
-image position scaled to [-1, 1], fitted (with sigma clipping) to the parameters of single-star
-fits of bright isolated unsaturated stars.
+Spatial variation: the size matrix ``S = A^(-1/2)`` (entries ``s11, s12, s22`` in pix: for a round
+profile ``s11 = s22 = alpha``, proportional to the FWHM) and ``beta`` are polynomials of total
+degree ``order`` in the image position scaled to [-1, 1], fitted to the stars
+(:mod:`vo.images.extract.psf_fit`). Why the size and not ``A``: optics make the FWHM grow about
+as the square of the distance from the axis, which a quadratic in ``S`` follows exactly while
+``A ~ 1 / FWHM^2`` needs a quartic (order 2 in ``A`` missed a 30% centre-to-corner growth by 1-3% in
+FWHM, and PSF fluxes by 1-2.6%).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from astropy.table import Table
 
 from vo.io.fits import FitsError, open_fits, write_fits
 
-PARAMS = ("a11", "a12", "a22", "beta")
+PARAMS = ("s11", "s12", "s22", "beta")
 BETA_RANGE = (1.2, 25.0)  # Moffat beta kept in this range while fitting (beta -> inf is Gaussian)
 CHUNK = 1024  # sources per chunk when rendering stamps (bounds the temporary memory)
 
@@ -149,6 +153,37 @@ def _design(u, v, order: int) -> np.ndarray:
     return np.stack([u ** i * v ** (t - i) for t in range(order + 1) for i in range(t, -1, -1)], axis=1)
 
 
+def size_to_shape(s11, s12, s22):
+    """Shape matrix ``A = (S S)^-1`` entries (1/pix^2) from the size matrix ``S`` entries (pix)."""
+    s11, s12, s22 = (np.asarray(v, float) for v in (s11, s12, s22))
+    det2 = (s11 * s22 - s12 * s12) ** 2
+    return (s12 * s12 + s22 * s22) / det2, -s12 * (s11 + s22) / det2, (s11 * s11 + s12 * s12) / det2
+
+
+def shape_to_size(a11, a12, a22):
+    """Size matrix ``S = A^(-1/2)`` entries (pix) from the shape matrix ``A`` entries (1/pix^2)
+    (the square root of the 2x2 SPD ``C = A^-1``: ``(C + sqrt(det C) I) / sqrt(tr C + 2 sqrt(det C))``)."""
+    a11, a12, a22 = (np.asarray(v, float) for v in (a11, a12, a22))
+    det = a11 * a22 - a12 * a12
+    c11, c12, c22 = a22 / det, -a12 / det, a11 / det
+    sd = np.sqrt(c11 * c22 - c12 * c12)
+    t = np.sqrt(c11 + c22 + 2 * sd)
+    return (c11 + sd) / t, c12 / t, (c22 + sd) / t
+
+
+def shape_jacobian(s11, s12, s22) -> np.ndarray:
+    """d(a11, a12, a22) / d(s11, s12, s22): (3, 3, N) array, rows a, columns s."""
+    p, q, r = (np.atleast_1d(np.asarray(v, float)) for v in (s11, s12, s22))
+    g = p * r - q * q
+    D = g * g
+    dD = np.stack([2 * g * r, -4 * g * q, 2 * g * p])          # dD / d(p, q, r)
+    n11, n12, n22 = q * q + r * r, -q * (p + r), p * p + q * q
+    dn11 = np.stack([np.zeros_like(p), 2 * q, 2 * r])
+    dn12 = np.stack([-q, -(p + r), -q])
+    dn22 = np.stack([2 * p, 2 * q, np.zeros_like(p)])
+    return np.stack([(dn - n * dD / D) / D for n, dn in ((n11, dn11), (n12, dn12), (n22, dn22))])
+
+
 def n_terms(order: int) -> int:
     """Number of polynomial terms of total degree <= ``order``."""
     return (order + 1) * (order + 2) // 2
@@ -161,7 +196,8 @@ class PSFModel:
     Attributes
     ----------
     coeffs : (4, n_terms) array
-        Polynomial coefficients of ``a11, a12, a22`` (1/pix^2) and ``beta`` in the scaled position.
+        Polynomial coefficients of the size matrix ``s11, s12, s22`` (pix) and ``beta`` in the
+        scaled position (a constant model: :meth:`constant`).
     order : int
         Total polynomial degree.
     shape : (ny, nx)
@@ -191,13 +227,26 @@ class PSFModel:
         ny, nx = self.shape
         return 2 * np.asarray(x, float) / max(nx - 1, 1) - 1, 2 * np.asarray(y, float) / max(ny - 1, 1) - 1
 
+    @classmethod
+    def constant(cls, a11, a12, a22, beta, shape, subsample: int = 3) -> "PSFModel":
+        """A model with the same Moffat everywhere: shape matrix entries (1/pix^2) and beta."""
+        s11, s12, s22 = (float(v) for v in shape_to_size(a11, a12, a22))
+        return cls(coeffs=np.array([[s11], [s12], [s22], [float(beta)]]), order=0,
+                   shape=tuple(int(v) for v in shape), subsample=subsample)
+
+    def sizes(self, x, y) -> tuple[np.ndarray, ...]:
+        """Size matrix entries ``s11, s12, s22`` (pix) and ``beta`` at (x, y) (pix), kept
+        positive definite under extrapolation."""
+        p = _design(*self._uv(x, y), self.order) @ self.coeffs.T
+        s11, s12, s22, beta = p.T
+        s11, s22 = np.maximum(s11, 0.2), np.maximum(s22, 0.2)
+        lim = 0.95 * np.sqrt(s11 * s22)
+        return s11, np.clip(s12, -lim, lim), s22, np.clip(beta, *BETA_RANGE)
+
     def params(self, x, y) -> tuple[np.ndarray, ...]:
         """Shape parameters ``a11, a12, a22`` (1/pix^2) and ``beta`` at positions (x, y) (pix)."""
-        p = _design(*self._uv(x, y), self.order) @ self.coeffs.T
-        a11, a12, a22, beta = p.T
-        a11, a22 = np.maximum(a11, 1e-3), np.maximum(a22, 1e-3)
-        lim = 0.95 * np.sqrt(a11 * a22)  # keep A positive definite under extrapolation
-        return a11, np.clip(a12, -lim, lim), a22, np.clip(beta, *BETA_RANGE)
+        s11, s12, s22, beta = self.sizes(x, y)
+        return (*size_to_shape(s11, s12, s22), beta)
 
     def fwhm(self, x=None, y=None) -> np.ndarray | float:
         """FWHM (pix) at (x, y); at the image centre by default."""
@@ -266,7 +315,7 @@ def write_psf(path: str | os.PathLike, psf: PSFModel, attrs: dict | None = None)
     """Write the PSF model to FITS (atomic, provenance in the primary header).
 
     HDUs: PRIMARY (PSF_TYPE, POLYDEG, NX, NY, SUBSAMP, FWHM (pix) at the centre), PSF_COEF
-    (float64, (4, n_terms), rows a11, a12, a22, beta), PSF_STAMP (the PSF at the image centre,
+    (float64, (4, n_terms), rows s11, s12, s22 (pix), beta), PSF_STAMP (the PSF at the image centre,
     for viewing), and PSF_STARS (the fitted stars) when known.
     """
     primary = fits.PrimaryHDU()
@@ -301,6 +350,10 @@ def read_psf(path: str | os.PathLike) -> PSFModel:
                 raise FitsError(f"{path}: unknown PSF_TYPE {h.get('PSF_TYPE')!r}")
             coeffs = np.array(hdul["PSF_COEF"].data, np.float64)
             order = int(h["POLYDEG"])
+            rows = json.loads(hdul["PSF_COEF"].header.get("PARAMS", "[]"))
+            if tuple(rows) != PARAMS:
+                raise FitsError(f"{path}: PSF_COEF rows are {rows}, this version reads {list(PARAMS)} "
+                                f"(a file of an older version: run the extraction step again)")
             if coeffs.shape != (len(PARAMS), n_terms(order)):
                 raise FitsError(f"{path}: PSF_COEF has shape {coeffs.shape}, expected "
                                 f"{(len(PARAMS), n_terms(order))} for POLYDEG={order}")

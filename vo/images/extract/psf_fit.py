@@ -33,6 +33,7 @@ import numpy as np
 from astropy.table import Table
 
 from vo.images.extract.psf import (BETA_RANGE, PARAMS, PSFError, PSFModel, _design, cut_stamps,
+                                   shape_jacobian, shape_to_size, size_to_shape,
                                    moffat_fwhm, moffat_pixels, n_terms, stamp_grid)
 
 FWHM_TOL = 0.05      # the model's FWHM must be within this fraction of the bright stars' own
@@ -67,7 +68,8 @@ def fit_stars(sub, weight, rms, x, y, fwhm0: float, half: int, subsample: int = 
 
     Returns
     -------
-    Table with x, y, flux (e-), a11, a12, a22, beta, fwhm, sky (e-/pix, local level above
+    Table with x, y, flux (e-), a11, a12, a22 (1/pix^2), beta, s11, s12, s22 (pix, the size
+    matrix of :mod:`vo.images.extract.psf`), fwhm, sky (e-/pix, local level above
     ``sub``), chi2 (reduced), ok.
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -139,8 +141,10 @@ def fit_stars(sub, weight, rms, x, y, fwhm0: float, half: int, subsample: int = 
     dof = np.maximum(inside.sum(axis=(1, 2)) - npar, 1)
     t = Table()
     t["x"], t["y"], t["flux"] = p[:, 1], p[:, 2], p[:, 0]
-    for k, name in enumerate(PARAMS):
+    for k, name in enumerate(("a11", "a12", "a22", "beta")):
         t[name] = p[:, 3 + k]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t["s11"], t["s12"], t["s22"] = shape_to_size(p[:, 3], p[:, 4], p[:, 5])
     t["fwhm"] = moffat_fwhm(p[:, 3], p[:, 4], p[:, 5], p[:, 6])
     t["sky"] = p[:, 7]
     t["chi2"] = c / dof
@@ -203,13 +207,18 @@ class _Stamps:
         self.D, self.subsample = D, subsample
 
     def shape_params(self, coef):
-        """(4, N) a11, a12, a22, beta at the stars from the (4, T) coefficients."""
+        """(4, N) s11, s12, s22 (pix), beta at the stars from the (4, T) coefficients."""
         return coef @ self.D.T
+
+    def moffat(self, coef):
+        """(a11, a12, a22, beta) at the stars (the profile's parameters)."""
+        s11, s12, s22, beta = self.shape_params(coef)
+        return (*size_to_shape(s11, s12, s22), beta)
 
     @staticmethod
     def valid(par) -> bool:
-        a11, a12, a22, beta = par
-        return bool(np.all((a11 > 0) & (a22 > 0) & (a11 * a22 - a12 * a12 > 0)
+        s11, s12, s22, beta = par
+        return bool(np.all((s11 > 0) & (s22 > 0) & (s11 * s22 - s12 * s12 > 0)
                            & (beta > BETA_RANGE[0]) & (beta < BETA_RANGE[1])))
 
     def model(self, coef, ps, derivs=False):
@@ -217,7 +226,7 @@ class _Stamps:
         (N, 3: flux (e-), x, y (pix))."""
         dx = self.ix - ps[:, 1, None, None].astype(np.float32)
         dy = self.iy - ps[:, 2, None, None].astype(np.float32)
-        return moffat_pixels(dx, dy, *self.shape_params(coef), self.subsample, derivs)
+        return moffat_pixels(dx, dy, *self.moffat(coef), self.subsample, derivs)
 
     def chi2(self, m, ps):
         """Per-star chi^2 and the weights, residuals (model variance: sky RMS^2 + model)."""
@@ -236,6 +245,8 @@ def _joint_step(st: _Stamps, coef, ps, lam):
     f = ps[:, 0, None, None].astype(np.float32)
     Js = np.stack([m, f * dm[0], f * dm[1]]).reshape(3, n, -1)
     Jp = (f * dm[2:]).reshape(4, n, -1)          # d model / d (a11, a12, a22, beta) per star
+    J = shape_jacobian(*st.shape_params(coef)[:3]).astype(np.float32)   # d a / d s: (3, 3, n)
+    Jp = np.concatenate([np.einsum("inp,ijn->jnp", Jp[:3], J), Jp[3:]])  # d model / d (s, beta)
     uf, rf = u.reshape(n, -1), r.reshape(n, -1)
     A = np.einsum("inp,np,jnp->nij", Js, uf, Js, dtype=np.float64)
     Bp = np.einsum("inp,np,knp->nik", Js, uf, Jp, dtype=np.float64)     # (n, 3, 4)
@@ -334,7 +345,7 @@ def refine_model(sub, weight, rms, model: PSFModel, half: int, clip: float = 3.0
         ps_all[use] = ps
         chi[:] = np.nan
         chi[use] = c
-        fw_model = moffat_fwhm(*st_all.shape_params(coef))
+        fw_model = moffat_fwhm(*st_all.moffat(coef))
         bad = _outliers(stars["fwhm"], fw_model, chi, dof, use, snr, clip)
         if not bad.any() or use.sum() - bad.sum() < max(3, n_terms(order)):
             break

@@ -282,7 +282,7 @@ def pipeline_features(cfg: dict, new: Image, new_psf: PSFModel, new_zp: float, a
     FWHM of the difference's PSF: a candidate has that width, not the new image's) added to the surviving measurements (to all of them with ``keep_dropped``)."""
     diff = subtract(new, aligned_ref, new_psf, ref_psf, new_zp, ref_zp, cfg["subtraction"],
                     method=cfg["subtraction"]["method"])
-    cand = detect_candidates(diff, cfg["detection"], wcs=new.wcs)
+    cand = detect_candidates(diff, cfg["detection"], wcs=new.wcs, new_psf=new_psf)
     cut = make_cutouts(cand, new, aligned_ref, diff, size=cfg["cutouts"]["size"])
     meas = measure(cut, cand, diff.psf, new_zp, ref_sources, cfg["measurements"], pixel_scale=pixel_scale,
                    keep_dropped=keep_dropped)

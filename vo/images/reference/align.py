@@ -56,7 +56,7 @@ from scipy.interpolate import CubicSpline
 
 from vo.images import flags as pixflags
 from vo.images.image import Image
-from vo.images.extract.psf import PSFModel, _design
+from vo.images.extract.psf import PSFModel, _design, shape_to_size
 
 MAP_STEP = 64        # pix between the target pixels where the WCS map is evaluated exactly
 BLOCK_PIXELS = 1 << 18  # output pixels per block (keeps the working arrays in cache)
@@ -434,7 +434,7 @@ def align_psf(psf: PSFModel, src_wcs: WCS, target_wcs: WCS, target_shape, n_grid
     a11, a12, a22, beta = psf.params(xs, ys)
     A = np.stack([np.stack([a11, a12], -1), np.stack([a12, a22], -1)], -2)
     At = np.einsum("nki,nkl,nlj->nij", M, A, M)
-    P = np.stack([At[:, 0, 0], At[:, 0, 1], At[:, 1, 1], beta], axis=1)
+    P = np.stack([*shape_to_size(At[:, 0, 0], At[:, 0, 1], At[:, 1, 1]), beta], axis=1)
     u, v = 2 * X / max(nx - 1, 1) - 1, 2 * Y / max(ny - 1, 1) - 1
     coef, *_ = np.linalg.lstsq(_design(u, v, psf.order), P, rcond=None)
     return PSFModel(coeffs=coef.T.copy(), order=psf.order, shape=(ny, nx), subsample=psf.subsample)

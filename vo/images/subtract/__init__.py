@@ -10,7 +10,12 @@ cores) and the border of that width is flagged EDGE.
 File layout (:func:`write_difference`): PRIMARY (method and figures, ``VO_META`` JSON, provenance),
 DIFF (e- of the new image, with the new image's WCS), ERROR (1-sigma of DIFF, e-), SCORE and
 SCORR (sigma), FLUX and FLUXERR (PSF flux of a point source at each pixel, e-), FLAGS (uint16),
-PSF (unit-sum PSF of DIFF).
+PSF (unit-sum PSF of DIFF; the central tile's), and when the PSFs vary over the CCD PSFGRID
+(the PSF of DIFF per tile, (n_ty n_tx, k, k), core edges TILEY/TILEX in its header) and KERNGRID
+(per tile the kernel that makes a new image's point source its profile in DIFF; detection fits
+each candidate with ``kernel * P_new(x, y)``: :func:`.tiles.templates`).
+Spatially varying PSFs: ZOGY runs per tile (:mod:`.tiles`, ``tile_size``); Alard-Lupton's kernel
+varies as a polynomial (``al_spatial_order``) and its kernel grid is evaluated per tile.
 """
 
 from __future__ import annotations
@@ -41,6 +46,15 @@ def stamp_fwhm(stamp: np.ndarray, upsample: int = 4) -> float:
     fine = ndimage.zoom(np.asarray(stamp, np.float64), upsample, order=3)
     area = np.count_nonzero(fine >= fine.max() / 2) / upsample ** 2
     return float(2 * np.sqrt(area / np.pi))
+
+
+def _widest(psf, shape, n: int = 5) -> float:
+    """Largest FWHM (pix) of a PSF model on an n x n grid over an image of ``shape``."""
+    if getattr(psf, "order", 0) == 0:
+        return float(psf.fwhm())
+    ny, nx = shape
+    gx, gy = np.meshgrid(np.linspace(0, nx - 1, n), np.linspace(0, ny - 1, n))
+    return float(np.nanmax(psf.fwhm(gx.ravel(), gy.ravel())))
 
 
 def subtract(new, ref, new_psf, ref_psf, new_zp: float, ref_zp: float, pars: dict | None = None,
@@ -75,11 +89,21 @@ def subtract(new, ref, new_psf, ref_psf, new_zp: float, ref_zp: float, pars: dic
     fwhm_n, fwhm_r = float(new_psf.fwhm()), float(ref_psf.fwhm())
     fwhm = max(fwhm_n, fwhm_r)
     prep = prepare(new, ref, p, fwhm)
-    half = int(np.ceil(p["kernel_size"] * fwhm))
+    # stamps wide enough for the widest PSF on the CCD (corners 30% wider than the centre: a
+    # kernel cut at the centre's size lost a third of its weight there, fluxes 1-2% off)
+    half = int(np.ceil(p["kernel_size"] * max(fwhm, _widest(new_psf, prep.new.shape), _widest(ref_psf, prep.new.shape))))
     from vo.images.subtract.zogy import centred_stamp
 
     pn, pr = centred_stamp(new_psf, prep.new.shape, half), centred_stamp(ref_psf, prep.new.shape, half)
-    if method == "zogy":
+    varying = getattr(new_psf, "order", 0) > 0 or getattr(ref_psf, "order", 0) > 0
+    tile = int(p["tile_size"])
+    if method == "zogy" and varying and 0 < tile < max(prep.new.shape) / 1.5:
+        from vo.images.subtract.tiles import subtract_tiles
+        from vo.images.subtract.zogy import zogy
+
+        d, info = subtract_tiles(prep, new_psf, ref_psf, half, tile, lambda sub, a, b: zogy(
+            sub, a, b, fr, float(p["astrometric_sigma"]), float(p["psf_error"]), workers))
+    elif method == "zogy":
         from vo.images.subtract.zogy import zogy
 
         d, info = zogy(prep, pn, pr, fr, float(p["astrometric_sigma"]), float(p["psf_error"]), workers)
@@ -125,6 +149,19 @@ def write_difference(path: str | os.PathLike, d: Difference, attrs: dict | None 
                 hd.header[key] = (value, comment)
         hdus.append(hd)
     hdus.append(fits.ImageHDU(np.asarray(d.psf, np.float32), name="PSF"))
+    if d.psf_grid is not None:  # one PSF per tile: (n_ty * n_tx, k, k), the cores' edges in the header
+        grid = fits.ImageHDU(np.asarray(d.psf_grid, np.float32).reshape(-1, *d.psf_grid.shape[2:]), name="PSFGRID")
+        grid.header["NTILEY"], grid.header["NTILEX"] = d.psf_grid.shape[0], d.psf_grid.shape[1]
+        grid.header["TILEY"] = (json.dumps([int(v) for v in d.tile_edges[0]]), "core edges in y (pix)")
+        grid.header["TILEX"] = (json.dumps([int(v) for v in d.tile_edges[1]]), "core edges in x (pix)")
+        hdus.append(grid)
+    if d.kernel_grid is not None:  # per tile: a new image's point source -> its profile in DIFF
+        kern = fits.ImageHDU(np.asarray(d.kernel_grid, np.float32).reshape(-1, *d.kernel_grid.shape[2:]),
+                             name="KERNGRID")
+        kern.header["NTILEY"], kern.header["NTILEX"] = d.kernel_grid.shape[0], d.kernel_grid.shape[1]
+        kern.header["TILEY"] = (json.dumps([int(v) for v in d.tile_edges[0]]), "core edges in y (pix)")
+        kern.header["TILEX"] = (json.dumps([int(v) for v in d.tile_edges[1]]), "core edges in x (pix)")
+        hdus.append(kern)
     write_fits(path, fits.HDUList(hdus), attrs)
 
 
@@ -155,7 +192,19 @@ def read_difference(path: str | os.PathLike) -> Difference:
             raise FitsError(f"{path}: VO_META is not valid JSON ({exc})") from exc
         header = data_cards(hdul["DIFF"].header)
         header.remove("BUNIT", ignore_missing=True)
-        return Difference(psf=np.asarray(hdul["PSF"].data, np.float32), meta=meta, header=header, **arrays)
+        grids, edges = {}, None
+        for name in ("PSFGRID", "KERNGRID"):
+            if name in hdul:
+                g = hdul[name]
+                try:
+                    grids[name] = np.asarray(g.data, np.float32).reshape(
+                        int(g.header["NTILEY"]), int(g.header["NTILEX"]), *g.data.shape[1:])
+                    edges = (np.array(json.loads(g.header["TILEY"])), np.array(json.loads(g.header["TILEX"])))
+                except (KeyError, ValueError) as exc:
+                    raise FitsError(f"{path}: {name} HDU is malformed ({exc})") from exc
+        return Difference(psf=np.asarray(hdul["PSF"].data, np.float32), meta=meta, header=header,
+                          psf_grid=grids.get("PSFGRID"), kernel_grid=grids.get("KERNGRID"),
+                          tile_edges=edges, **arrays)
 
 
 __all__ = ["Difference", "SubtractionError", "subtract", "write_difference",

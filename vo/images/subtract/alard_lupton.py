@@ -35,6 +35,7 @@ from scipy import ndimage, signal
 
 from vo.images.extract.psf import cut_stamps, stamp_grid
 from vo.images.subtract.common import Difference, Prepared, SubtractionError, correlation_factor, robust_std
+from vo.images.subtract.tiles import tile_edges
 
 MIN_STARS = 3
 MIN_STARS_PER_TERM = 10  # stars per spatial term of the kernel, else the spatial order is lowered
@@ -242,6 +243,23 @@ def alard_lupton(p: Prepared, pn: np.ndarray, pr: np.ndarray, fwhm_new: float, f
     d = Difference(diff=diff, diff_err=diff_err.astype(np.float32), score=(flux / np.float32(err_bg)),
                    score_corr=flux / flux_err, flux=flux, flux_err=flux_err, psf=P.astype(np.float32),
                    flags=p.flags)
+    # what a new image's point source becomes in diff, per tile: itself (reference convolved) or
+    # the kernel at the tile's centre / a0 (new convolved); detection fits P_new(x, y) through it
+    ey, ex = tile_edges(ny, int(pars["tile_size"]) or ny), tile_edges(nx, int(pars["tile_size"]) or nx)
+    if ref_sharper:
+        ey, ex = ey[[0, -1]], ex[[0, -1]]
+        grid = np.zeros((1, 1, 3, 3), np.float32)
+        grid[0, 0, 1, 1] = 1
+    else:
+        grid = np.zeros((len(ey) - 1, len(ex) - 1) + kstamps.shape[1:], np.float32)
+        for i in range(len(ey) - 1):
+            for j in range(len(ex) - 1):
+                uc = np.array([2 * ((ex[j] + ex[j + 1] - 1) // 2) / max(nx - 1, 1) - 1])
+                vc = np.array([2 * ((ey[i] + ey[i + 1] - 1) // 2) / max(ny - 1, 1) - 1])
+                t = poly_terms(uc, vc, spatial)[:, 0]
+                w = [coef[0]] + [float(coef[1 + (k - 1) * nT: 1 + k * nT] @ t) for k in range(1, len(factors))]
+                grid[i, j] = np.tensordot(np.array(w), kstamps, axes=1) / a0
+    d.kernel_grid, d.tile_edges = grid, (ey, ex)
     info.update({"spatial_order": spatial, "bg_order": bg_order, "convolved": "reference" if ref_sharper else "new", "kernel_sum": a0,
                  "kernel_half": kh, "basis_sigmas": [float(s) for s in sigmas],
                  "sigma_new": p.sigma_new, "sigma_ref": p.sigma_ref, "flux_ratio": fr,

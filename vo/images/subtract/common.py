@@ -41,6 +41,12 @@ class Difference:
     meta : dict, method, fwhm (pix, of ``psf``), fwhm_new, fwhm_ref, flux_ratio (ref/new),
         noise figures and method-specific kernel information (JSON-serialisable).
     header : FITS header with the new image's exposure keys and WCS (or None).
+    psf_grid : float32 (n_ty, n_tx, k, k) or None, the unit-sum PSF of ``diff`` per tile when the
+        PSFs vary over the image (:mod:`vo.images.subtract.tiles`); ``psf`` is then the central tile's.
+    tile_edges : (y edges, x edges) of the tiles' cores (pix), with ``psf_grid``.
+    kernel_grid : float32 (n_ty, n_tx, k, k) or None (ZOGY), per tile the kernel that turns a
+        point source of the new image into its profile in ``diff``: a transient at (x, y) looks
+        like ``kernel * P_new(x, y)`` (unit sum), the exact template for its PSF fit.
     """
 
     diff: np.ndarray
@@ -53,6 +59,9 @@ class Difference:
     flags: np.ndarray
     meta: dict = field(default_factory=dict)
     header: fits.Header | None = None
+    psf_grid: np.ndarray | None = None
+    tile_edges: tuple | None = None
+    kernel_grid: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

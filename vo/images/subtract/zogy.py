@@ -246,6 +246,8 @@ def zogy(p: Prepared, pn: np.ndarray, pr: np.ndarray, fr: float, sigma_ast: floa
     diff_err = np.sqrt(var_d, out=var_d)
     d = Difference(diff=diff, diff_err=diff_err, score=score, score_corr=score_corr, flux=flux,
                    flux_err=flux_err, psf=small["P_D"].astype(np.float32), flags=p.flags)
+    d.kernel_grid = (small["k_dn"] / f_d).astype(np.float32)[None, None]
+    d.tile_edges = (np.array([0, shape[0]]), np.array([0, shape[1]]))
     info = {"F_S": f_s, "F_D": f_d, "sigma_new": sn, "sigma_ref": sr, "flux_ratio": fr,
             "sigma_ast": float(sigma_ast), "psf_error": float(psf_error), "kernel_half": int(pn.shape[0] // 2),
             "corr_factors": {k: round(v, 4) for k, v in c.items()}}

@@ -204,7 +204,7 @@ def subtract_images(new: Image, refs: list[Image], method: str = "zogy", pars: d
                         stars=common_stars(new_ex.sources, ref_src))
     except SubtractionError as exc:
         raise PairError(f"{name_new}: cannot subtract: {exc}") from exc
-    cands = detect_candidates(diff, detection, wcs=new.wcs)
+    cands = detect_candidates(diff, detection, wcs=new.wcs, new_psf=new_ex.psf)
     return PairResult(difference=diff, candidates=cands, new=new_ex, reference_sources=ref_src,
                       meta={"references": infos, "reference_zp_offset": ref_zp - ZP_NEW})
 
