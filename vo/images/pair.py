@@ -216,17 +216,22 @@ def subtract_files(new: str | os.PathLike, refs, out: str | os.PathLike, method:
     (:func:`vo.images.subtract.write_difference`: DIFF, ERROR, SCORE, SCORR, FLUX, FLUXERR,
     FLAGS, PSF) and the candidate table (``candidates``, default ``out`` with
     ``.candidates.fits``). Images are read with :func:`vo.images.calibrate.calibrated.read_calibrated`
+    (NOIRLab CP ``*_ooi_*`` files with :func:`~vo.images.calibrate.calibrated.read_instcal`)
     (``read_kw``: its keyword arguments, e.g. ``gain``); ``cfg`` a config whose ``subtraction``,
     ``extraction``, ``detection`` and ``references`` sections are used (defaults otherwise).
     Both files are written atomically."""
-    from vo.images.calibrate.calibrated import read_calibrated
+    from vo.images.calibrate.calibrated import read_calibrated, read_instcal
     from vo.images.detect import write_candidates
     from vo.images.subtract import write_difference
 
+    def read(path):  # a CP InstCal image brings its weight and mask files along
+        reader = read_instcal if "_ooi_" in Path(path).name else read_calibrated
+        return reader(path, **(read_kw or {}))
+
     refs = [refs] if isinstance(refs, (str, os.PathLike)) else list(refs)
     cfg = cfg or {}
-    new_img = read_calibrated(new, **(read_kw or {}))
-    ref_imgs = [read_calibrated(r, **(read_kw or {})) for r in refs]
+    new_img = read(new)
+    ref_imgs = [read(r) for r in refs]
     result = subtract_images(new_img, ref_imgs, method, cfg.get("subtraction"), cfg.get("extraction"),
                              cfg.get("detection"), cfg.get("references"))
     out = Path(out)

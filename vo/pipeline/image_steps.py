@@ -193,10 +193,18 @@ def run_zero_point(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
                                    fetcher(cfg))
     size = 2 * int(np.ceil(4 * float(np.atleast_1d(psf.fwhm(nx / 2, ny / 2))[0]))) + 1
     nea = zeropoint.noise_equivalent_area(psf.evaluate(nx / 2, ny / 2, size))
-    zp = zeropoint.fit_zero_point(sources, excerpt, sol, hdr["FILTER"], float(hdr["EXPTIME"]),
-                                  cfg["zero_point"], mjd=float(hdr["MJD-OBS"]),
-                                  background_rms=background_rms(sources, inputs["background"]),
-                                  psf_nea=nea)
+    from vo.images.photometry.photometric import system_for
+
+    try:
+        zp = zeropoint.fit_zero_point(sources, excerpt, sol, hdr["FILTER"], float(hdr["EXPTIME"]),
+                                      cfg["zero_point"], mjd=float(hdr["MJD-OBS"]),
+                                      background_rms=background_rms(sources, inputs["background"]),
+                                      psf_nea=nea, system=system_for(hdr.get("INSTRUME")),
+                                      release=cfg["catalog_excerpts"]["catalog"])
+    except (ValueError, KeyError) as exc:  # cannot calibrate: flagged with the reason, not a failed job
+        nan = float("nan")
+        zp = zeropoint.ZeroPoint(zp=nan, zp_err=nan, colour_term=nan, colour_pivot=nan, apcor=nan,
+                                 limmag5=nan, n_stars=0, ok=False, reason=f"cannot calibrate: {exc}")
     zeropoint.write_zp(outputs["zp"], zp, attrs)
     if zp.ok:
         log.info("%s %s: zp %.3f +- %.3f, limiting mag %.2f", exposure, ccd, zp.zp, zp.zp_err, zp.limmag5)

@@ -150,8 +150,9 @@ def read_calibrated(path: str | os.PathLike, hdu=None, keywords: dict | None = N
                                    f"CDELT): the image cannot be placed on the sky")
     if gain is None:
         unit = str(header.get("BUNIT", "")).strip().lower()
-        g = header_value(header, "gain", path, keywords, required=unit not in ELECTRON_UNITS)
-        gain = 1.0 if g is None else g
+        per_amp = [header[k] for k in ("GAINA", "GAINB") if k in header]
+        g = header_value(header, "gain", path, keywords, required=unit not in ELECTRON_UNITS and not per_amp)
+        gain = g if g is not None else float(np.mean(per_amp)) if per_amp else 1.0  # DECam: mean of its amplifiers
     try:
         gain = float(gain)
     except (TypeError, ValueError) as exc:
@@ -192,6 +193,7 @@ def read_calibrated(path: str | os.PathLike, hdu=None, keywords: dict | None = N
         v = header_value(header, key, path, keywords)
         if v is not None:
             header[{"filter": "FILTER", "exptime": "EXPTIME", "mjd": "MJD-OBS"}[key]] = (v, comment)
+    header["GAIN_IN"] = (gain, "e- per input data unit (applied)")
     header["GAIN"] = (1.0, "e-/unit after conversion")
     header["BUNIT"] = "electron"
     header.setdefault("EXPOSURE", path.name.split(".fits")[0])
@@ -235,6 +237,42 @@ def measure_noise_acf(resid: np.ndarray, mask: np.ndarray, lag: int = NOISE_LAG)
     rho[L, L] = 1.0
     rho = rho[L - lag:L + lag + 1, L - lag:L + lag + 1]
     return rho if np.count_nonzero(rho) > 1 else None
+
+
+#: NOIRLab Community Pipeline data-quality codes (``ood`` values, not bits) -> our flags; code 7
+#: (a CP difference-image detection) marks a possible transient, not a defect: left unflagged
+CP_MASK_CODES = {1: pixflags.BAD, 2: pixflags.BAD, 3: pixflags.SATURATED, 4: pixflags.SATURATED,
+                 5: pixflags.COSMIC_RAY, 6: pixflags.BAD, 8: pixflags.BAD}
+
+
+def instcal_files(ooi: str | os.PathLike) -> tuple[Path | None, Path | None]:
+    """The ``oow`` (inverse variance) and ``ood`` (data quality) files beside a CP ``ooi`` image
+    (same name with ``_oow_``/``_ood_``), or None where absent."""
+    ooi = Path(ooi)
+    out = []
+    for kind in ("oow", "ood"):
+        other = ooi.with_name(ooi.name.replace("_ooi_", f"_{kind}_"))
+        out.append(other if other != ooi and other.exists() else None)
+    return out[0], out[1]
+
+
+def read_instcal(path: str | os.PathLike, hdu=None, gain: float | None = None, **kw) -> Image:
+    """A NOIRLab Community Pipeline InstCal image (DECam, Mosaic3, 90Prime): the ``ooi`` image with
+    its ``oow`` inverse variance and ``ood`` data-quality codes (:data:`CP_MASK_CODES`) read from
+    the files beside it, plain or compressed. Missing companions: the noise is estimated and
+    nothing is masked (logged in ``INSTCAL`` of the header)."""
+    oow, ood = instcal_files(path)
+    image = read_calibrated(path, hdu=hdu, weight=str(oow) if oow else None, gain=gain, **kw)
+    if ood is not None:
+        with fits.open(ood) as hdul:
+            codes = np.asarray(_data_hdu(hdul, ood, hdu).data).astype(np.int64)
+        if codes.shape != image.shape:
+            raise CalibratedImageError(f"{ood}: mask shape {codes.shape} differs from the image's {image.shape}")
+        for code, flag in CP_MASK_CODES.items():
+            image.flags[codes == code] |= flag
+        image.weight[image.flags != 0] = 0
+    image.header["INSTCAL"] = (f"oow {'yes' if oow else 'no'}, ood {'yes' if ood else 'no'}", "CP companions read")
+    return image
 
 
 def _readable(header: fits.Header) -> fits.Header:

@@ -33,7 +33,8 @@ HEADER_KEYS = {"FWHM": "PSF FWHM at the image centre (pix)", "N_SRC": "number of
                "APER_R": "aperture radius of flux_aper (pix)",
                "APER_RB": "aperture radius of flux_aper_big (pix)",
                "BACKGND": "global background (e-)", "BKG_RMS": "global background RMS (e-)",
-               "PSF_NSTR": "stars used for the PSF model"}
+               "PSF_NSTR": "stars used for the PSF model",
+               "PSF_OK": "PSF model checked against its stars (F: flux_psf unreliable)"}
 
 
 class ExtractionError(ValueError):
@@ -157,6 +158,21 @@ def build_psf(sub, weight, err, rms, flags, x, y, objs, p, name, saturation=None
                    int(p["psf_subsample"]), bright_snr=float(p["psf_min_snr"]), name=name)
 
 
+def fallback_psf(objs, header, shape, subsample: int, why: str) -> PSFModel:
+    """A round Moffat (beta 3) standing in where no PSF can be fitted (a cutout too sparse), of
+    the header's ``FWHM`` (pix) when it has one, else 1.6 x the detections' median half-light
+    radius; flagged (``ok = False``, ``why``) so that no step relies on its PSF fluxes."""
+    fw = float(header.get("FWHM", np.nan)) if header is not None else np.nan
+    src = "the header's FWHM"
+    if not (np.isfinite(fw) and fw > 0.5):
+        fw, src = max(1.0, 1.6 * float(np.median(objs["rh"]))), "the detections' sizes"
+    beta = 3.0
+    a = 4 * (2 ** (1 / beta) - 1) / fw ** 2
+    psf = PSFModel.constant(a, 0.0, a, beta, shape, subsample)
+    psf.ok, psf.why = False, f"{why}; a round Moffat of FWHM {fw:.2f} pix ({src}) stands in"
+    return psf
+
+
 def psf_photometry(sub, weight, rms, psf: PSFModel, x, y, radius: float):
     """Weighted least-squares PSF amplitude at fixed positions, all sources at once.
 
@@ -264,7 +280,10 @@ def extract(image, pars: dict | None = None, name: str | None = None) -> Extract
     objs["rh"] = rh
     saturation = header.get("SATURATE") if header is not None else None
     err = error_map(weight)
-    psf = build_psf(sub, weight, err, bkg.rms, flags, x, y, objs, p, name, saturation)
+    try:
+        psf = build_psf(sub, weight, err, bkg.rms, flags, x, y, objs, p, name, saturation)
+    except PSFError as exc:  # a cutout with (almost) no star: flagged, not a failed job
+        psf = fallback_psf(objs, header, sub.shape, int(p["psf_subsample"]), str(exc))
     fwhm = psf.fwhm()
     flux, ferr, xerr, yerr = psf_photometry(sub, weight, bkg.rms, psf, x, y, float(p["psf_fit_radius"]) * fwhm)
 
@@ -293,7 +312,8 @@ def extract(image, pars: dict | None = None, name: str | None = None) -> Extract
         t[col].unit = unit  # fluxes and background are e- (no FITS unit string for electrons)
     n_used = int(np.sum(psf.stars["used"])) if psf.stars is not None else 0
     t.meta.update({"FWHM": fwhm, "N_SRC": len(t), "APER_R": r_ap, "APER_RB": r_big,
-                   "BACKGND": bkg.globalback, "BKG_RMS": bkg.globalrms, "PSF_NSTR": n_used})
+                   "BACKGND": bkg.globalback, "BKG_RMS": bkg.globalrms, "PSF_NSTR": n_used,
+                   "PSF_OK": bool(psf.ok)})
     meta = {"fwhm": fwhm, "n_sources": len(t), "aper_r": r_ap, "aper_rb": r_big,
             "n_psf_stars": n_used, "globalback": bkg.globalback, "globalrms": bkg.globalrms}
     return Extraction(sources=t, psf=psf, background=bkg, meta=meta)

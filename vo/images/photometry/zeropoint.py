@@ -35,7 +35,8 @@ from scipy.spatial import cKDTree
 from vo import config as vconfig
 from vo.images.astrometry import WCSSolution, catalog_at_epoch, float_column
 from vo.sky import gnomonic
-from vo.images.photometry.photometric import gaia_to_filter, in_valid_range, transformation_sigma
+from vo.images.photometry.photometric import (PhotometricError, gaia_to_filter, in_valid_range,
+                                               transformation_sigma)
 from vo.io.fits import FitsError, open_fits, write_fits
 
 
@@ -135,7 +136,7 @@ def _clipped_fit(design: np.ndarray, y: np.ndarray, sigma: np.ndarray, clip: flo
         r = (y - design @ coef) / sigma
         std = 1.4826 * np.median(np.abs(r[keep] - np.median(r[keep])))
         new = np.abs(r) <= clip * max(std, 1e-12)
-        if np.array_equal(new, keep) or new.sum() <= design.shape[1]:
+        if keep.sum() <= 3 or np.array_equal(new, keep) or new.sum() <= design.shape[1]:  # 1-3 stars: no clipping
             break
         keep = new
     dof = keep.sum() - design.shape[1]
@@ -188,7 +189,8 @@ def _pars(pars: dict | None) -> dict:
 def fit_zero_point(sources: Table, excerpt: Table, wcs, filter: str, exptime: float,
                    pars: dict | None = None, *, mjd: float | None = None,
                    background_rms: float | None = None,
-                   psf_nea: float | None = None) -> ZeroPoint:
+                   psf_nea: float | None = None, system: str = "sdss",
+                   release: str = "gaia_dr3") -> ZeroPoint:
     """Fit the zero point of an image.
 
     Parameters
@@ -202,7 +204,7 @@ def fit_zero_point(sources: Table, excerpt: Table, wcs, filter: str, exptime: fl
     wcs : astropy WCS or WCSSolution
         The solved WCS of the image.
     filter : str
-        Image filter (see :func:`vo.images.photometry.photometric.supported_filters`).
+        Image filter, as the header has it (read per ``system``: :func:`vo.images.photometry.photometric.band`).
     exptime : float
         Exposure time (s); only recorded (``zp`` is for e- over the exposure).
     pars : dict
@@ -212,15 +214,23 @@ def fit_zero_point(sources: Table, excerpt: Table, wcs, filter: str, exptime: fl
     background_rms, psf_nea : float, optional
         Background noise (e-/pix) and PSF noise-equivalent area (pix) for the limiting
         magnitude; without them it comes from the sources' flux errors.
+    system, release : the photometric system of the camera and the Gaia release of ``excerpt``
+        (:data:`vo.images.photometry.photometric.RELATIONS`).
 
     Returns
     -------
-    ZeroPoint; ``ok=False`` with a reason (too few calibration stars) rather than an error.
+    ZeroPoint; ``ok=False`` with a reason (no calibration star, no relation for the band) rather
+    than an error. Fewer than ``min_stars`` (but at least one) stars give a zero point with its
+    error, ``ok`` and the reason "few calibration stars" (flagged, not refused). Where the
+    source list says its PSF model failed (``PSF_OK`` false: a cutout too sparse for a PSF),
+    the large-aperture fluxes are used instead of the PSF fluxes.
     """
     p = _pars(pars)
     if isinstance(wcs, WCSSolution):
         wcs = wcs.wcs
     fcol = p["flux_column"]
+    if fcol == "flux_psf" and not bool(sources.meta.get("PSF_OK", True)) and "flux_aper_big" in sources.colnames:
+        fcol = "flux_aper_big"
     ecol = fcol.replace("flux_", "fluxerr_")
     for name in ("x", "y", fcol, ecol):
         if name not in sources.colnames:
@@ -228,7 +238,13 @@ def fit_zero_point(sources: Table, excerpt: Table, wcs, filter: str, exptime: fl
     for name in ("phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag"):
         if name not in excerpt.colnames:
             raise ValueError(f"catalog excerpt has no {name!r} column")
-    sys_err = transformation_sigma(filter) if p["sys_error"] is None else float(p["sys_error"])
+    nan = float("nan")
+    try:
+        sys_err = transformation_sigma(filter, system, release) if p["sys_error"] is None else float(p["sys_error"])
+    except PhotometricError as exc:
+        return ZeroPoint(zp=nan, zp_err=nan, colour_term=nan, colour_pivot=float(p["colour_pivot"]), apcor=nan,
+                         limmag5=nan, n_stars=0, ok=False, reason=str(exc), filter=str(filter),
+                         exptime=float(exptime), meta={"system": system, "release": release})
     flux, ferr = float_column(sources, fcol), float_column(sources, ecol)
     flags = np.nan_to_num(float_column(sources, "flags", 0.0)).astype(np.int64)
     good_src = ((flags & ~1) == 0) & np.isfinite(flux) & (flux > 0) & (ferr > 0)
@@ -240,33 +256,36 @@ def fit_zero_point(sources: Table, excerpt: Table, wcs, filter: str, exptime: fl
     g_err = np.nan_to_num(g_err, nan=0.0)
     snr = flux[si] / ferr[si]
     use = good_src[si] & (snr >= p["min_snr"]) & np.isfinite(g[ci]) & \
-        in_valid_range(bp_rp[ci], filter) & _isolated(excerpt, p["isolation"])[ci]
+        in_valid_range(bp_rp[ci], filter, system, release) & _isolated(excerpt, p["isolation"])[ci]
     si, ci = si[use], ci[use]
     n_cand = len(si)
     meta = dict(n_matched=int(use.size), n_candidates=int(n_cand), sys_error=sys_err,
-                flux_column=fcol)
+                flux_column=fcol, system=system, release=release)
     apcor = _aperture_correction(sources, good_src, si, p["apcor_snr"])
     fail = None
-    if n_cand < max(p["min_stars"], 2 if p["colour_term"] else 1):
-        fail = f"too few calibration stars ({n_cand} < {p['min_stars']}; {use.size} matched)"
+    colour_term = p["colour_term"] and n_cand >= max(p["min_stars"], 3)
+    flag = None
+    if n_cand < 1:
+        fail = f"no calibration star ({use.size} matched to the catalog)"
         zp = zp_err = k = np.nan
         n = n_cand
     else:
-        m_cat = gaia_to_filter(g[ci], bp_rp[ci], filter)
+        m_cat = gaia_to_filter(g[ci], bp_rp[ci], filter, system, release)
         dm = m_cat + 2.5 * np.log10(flux[si])
         sigma = np.sqrt((MAG_PER_FLUX / snr[use]) ** 2 + g_err[ci] ** 2 + sys_err ** 2)
         design = np.ones((n_cand, 1))
-        if p["colour_term"]:
+        if colour_term:
             design = np.stack([np.ones(n_cand), bp_rp[ci] - p["colour_pivot"]], axis=1)
         coef, cov, keep = _clipped_fit(design, dm, sigma, p["sigma_clip"])
         zp, zp_err = float(coef[0]), float(np.sqrt(cov[0, 0]))
-        k = float(coef[1]) if p["colour_term"] else 0.0
+        k = float(coef[1]) if colour_term else 0.0
         n = int(keep.sum())
         resid = dm[keep] - design[keep] @ coef
         meta.update(scatter_mag=float(np.std(resid)),
-                    colour_term_err=float(np.sqrt(cov[1, 1])) if p["colour_term"] else 0.0)
-        if n < p["min_stars"]:
-            fail = f"too few calibration stars after clipping ({n} < {p['min_stars']})"
+                    colour_term_err=float(np.sqrt(cov[1, 1])) if colour_term else 0.0)
+        if n < p["min_stars"]:  # computed, with its error, and flagged
+            flag = f"few calibration stars ({n} < {p['min_stars']}): zp {zp:.3f} +- {zp_err:.3f}"
+            meta["few_stars"] = True
     if background_rms is not None and psf_nea is not None:
         f5 = limiting_flux(psf_nea * background_rms ** 2, 1.0)
         meta["limmag_method"] = "background rms x PSF NEA"
@@ -277,7 +296,7 @@ def fit_zero_point(sources: Table, excerpt: Table, wcs, filter: str, exptime: fl
     limmag5 = zp - 2.5 * np.log10(f5) if np.isfinite(zp) and f5 > 0 else np.nan
     return ZeroPoint(zp=zp, zp_err=zp_err, colour_term=k, colour_pivot=float(p["colour_pivot"]),
                      apcor=apcor, limmag5=float(limmag5), n_stars=n, ok=fail is None,
-                     reason=fail or "", filter=str(filter), exptime=float(exptime), meta=meta)
+                     reason=fail or flag or "", filter=str(filter), exptime=float(exptime), meta=meta)
 
 
 def _aperture_correction(sources: Table, good: np.ndarray, stars: np.ndarray,
