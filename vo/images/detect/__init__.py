@@ -111,24 +111,21 @@ def psf_fluxes(img: np.ndarray, err: np.ndarray, psf: np.ndarray, x, y,
     weight 1/err^2. Returns flux and its error (e-; NaN where no pixel is usable).
     """
     from vo.images.detect.measure import shift_stamp, stamp_fwhm
+    from vo.images.extract.psf import cut_stamps, stamp_grid
 
     x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
     stamp = np.asarray(psf, np.float64)
     stamp = stamp / stamp.sum(axis=(-2, -1), keepdims=True)
     fwhm = stamp_fwhm(stamp if stamp.ndim == 2 else stamp[0])
     half = max(1, int(np.ceil(radius * fwhm)))
-    ny, nx = img.shape
     flux, ferr = np.full(len(x), np.nan), np.full(len(x), np.nan)
-    k = np.arange(-half, half + 1)
     for lo in range(0, len(x), CHUNK):
         sl = slice(lo, lo + CHUNK)
         P = shift_stamp(stamp if stamp.ndim == 2 else stamp[sl], x[sl] - np.rint(x[sl]), y[sl] - np.rint(y[sl]), half)
-        ix = np.rint(x[sl]).astype(np.int64)[:, None, None] + k[None, None, :]
-        iy = np.rint(y[sl]).astype(np.int64)[:, None, None] + k[None, :, None]
-        inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-        jx, jy = np.clip(ix, 0, nx - 1), np.clip(iy, 0, ny - 1)
-        d, e = img[jy, jx].astype(np.float64), err[jy, jx].astype(np.float64)
-        near = (ix - x[sl, None, None]) ** 2 + (iy - y[sl, None, None]) ** 2 <= (radius * fwhm) ** 2
+        ix, iy, dx, dy = stamp_grid(x[sl], y[sl], half)
+        (d, e), inside = cut_stamps([img, err], ix, iy, fill=np.nan)
+        d, e = d.astype(np.float64), e.astype(np.float64)
+        near = dx * dx + dy * dy <= (radius * fwhm) ** 2
         use = inside & near & np.isfinite(d) & np.isfinite(e) & (e > 0)
         w = np.where(use, 1 / np.where(use, e, 1) ** 2, 0.0)
         spp = (w * P * P).sum(axis=(1, 2))

@@ -166,9 +166,7 @@ def fallback_psf(objs, header, shape, subsample: int, why: str) -> PSFModel:
     src = "the header's FWHM"
     if not (np.isfinite(fw) and fw > 0.5):
         fw, src = max(1.0, 1.6 * float(np.median(objs["rh"]))), "the detections' sizes"
-    beta = 3.0
-    a = 4 * (2 ** (1 / beta) - 1) / fw ** 2
-    psf = PSFModel.constant(a, 0.0, a, beta, shape, subsample)
+    psf = PSFModel.round(fw, 3.0, shape, subsample)
     psf.ok, psf.why = False, f"{why}; a round Moffat of FWHM {fw:.2f} pix ({src}) stands in"
     return psf
 

@@ -234,6 +234,12 @@ class PSFModel:
         return cls(coeffs=np.array([[s11], [s12], [s22], [float(beta)]]), order=0,
                    shape=tuple(int(v) for v in shape), subsample=subsample)
 
+    @classmethod
+    def round(cls, fwhm: float, beta: float, shape, subsample: int = 3) -> "PSFModel":
+        """A constant round Moffat of ``fwhm`` (pix) and ``beta``."""
+        a = 4 * (2 ** (1 / beta) - 1) / float(fwhm) ** 2  # 1 / alpha^2
+        return cls.constant(a, 0.0, a, beta, shape, subsample)
+
     def sizes(self, x, y) -> tuple[np.ndarray, ...]:
         """Size matrix entries ``s11, s12, s22`` (pix) and ``beta`` at (x, y) (pix), kept
         positive definite under extrapolation."""

@@ -31,7 +31,7 @@ from astropy.io import fits
 from astropy.table import Table
 from scipy.stats import rankdata
 
-from vo.images.extract.psf import moffat_pixels, stamp_grid
+from vo.images.extract.psf import PSFModel
 from vo.io.atomic import write_text
 from vo.io.fits import FitsError, open_fits, write_fits
 
@@ -176,10 +176,8 @@ def _windowed_moments(pos, xx, yy, fwhm: float):
 def _point_source_trace(fwhm: float, size: int) -> float:
     """Windowed second-moment trace (pix^2) of a centred pixel-integrated Moffat (beta 3) of
     ``fwhm`` (pix) on a ``size`` x ``size`` stamp."""
-    beta = 3.0
-    a = 1 / (fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))) ** 2
-    _, _, dx, dy = stamp_grid([0.0], [0.0], size // 2)
-    stamp = moffat_pixels(dx, dy, [a], [0.0], [a], [beta], subsample=3).astype(np.float64)
+    stamp = PSFModel.round(fwhm, 3.0, (size, size)).evaluate(np.array([0.0]), np.array([0.0]), size)
+    stamp = stamp.astype(np.float64)
     k = np.arange(size) - size // 2
     xx, yy = np.meshgrid(k, k)
     return float(_windowed_moments(stamp, xx, yy, fwhm)[2][0])

@@ -149,19 +149,14 @@ def write_difference(path: str | os.PathLike, d: Difference, attrs: dict | None 
                 hd.header[key] = (value, comment)
         hdus.append(hd)
     hdus.append(fits.ImageHDU(np.asarray(d.psf, np.float32), name="PSF"))
-    if d.psf_grid is not None:  # one PSF per tile: (n_ty * n_tx, k, k), the cores' edges in the header
-        grid = fits.ImageHDU(np.asarray(d.psf_grid, np.float32).reshape(-1, *d.psf_grid.shape[2:]), name="PSFGRID")
-        grid.header["NTILEY"], grid.header["NTILEX"] = d.psf_grid.shape[0], d.psf_grid.shape[1]
-        grid.header["TILEY"] = (json.dumps([int(v) for v in d.tile_edges[0]]), "core edges in y (pix)")
-        grid.header["TILEX"] = (json.dumps([int(v) for v in d.tile_edges[1]]), "core edges in x (pix)")
-        hdus.append(grid)
-    if d.kernel_grid is not None:  # per tile: a new image's point source -> its profile in DIFF
-        kern = fits.ImageHDU(np.asarray(d.kernel_grid, np.float32).reshape(-1, *d.kernel_grid.shape[2:]),
-                             name="KERNGRID")
-        kern.header["NTILEY"], kern.header["NTILEX"] = d.kernel_grid.shape[0], d.kernel_grid.shape[1]
-        kern.header["TILEY"] = (json.dumps([int(v) for v in d.tile_edges[0]]), "core edges in y (pix)")
-        kern.header["TILEX"] = (json.dumps([int(v) for v in d.tile_edges[1]]), "core edges in x (pix)")
-        hdus.append(kern)
+    # per tile: the PSF of DIFF, and what a new image's point source becomes in DIFF
+    for name, grid in (("PSFGRID", d.psf_grid), ("KERNGRID", d.kernel_grid)):
+        if grid is not None:  # (n_ty * n_tx, k, k), the cores' edges in the header
+            hdu = fits.ImageHDU(np.asarray(grid, np.float32).reshape(-1, *grid.shape[2:]), name=name)
+            hdu.header["NTILEY"], hdu.header["NTILEX"] = grid.shape[0], grid.shape[1]
+            hdu.header["TILEY"] = (json.dumps([int(v) for v in d.tile_edges[0]]), "core edges in y (pix)")
+            hdu.header["TILEX"] = (json.dumps([int(v) for v in d.tile_edges[1]]), "core edges in x (pix)")
+            hdus.append(hdu)
     write_fits(path, fits.HDUList(hdus), attrs)
 
 

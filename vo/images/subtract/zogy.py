@@ -49,9 +49,10 @@ EPS = 1e-12
 
 def centred_stamp(psf_model, shape: tuple[int, int], half: int) -> np.ndarray:
     """Unit-sum PSF stamp (2 half + 1 square, float64) of ``psf_model`` at the image centre."""
+    from vo.images.subtract.tiles import unit_stamp
+
     ny, nx = shape
-    stamp = np.asarray(psf_model.evaluate(float((nx - 1) // 2), float((ny - 1) // 2), 2 * half + 1), np.float64)
-    return stamp / stamp.sum()
+    return unit_stamp(psf_model, (nx - 1) // 2, (ny - 1) // 2, half)
 
 
 def kernel_rfft2(stamp: np.ndarray, shape: tuple[int, int], workers: int = 1) -> np.ndarray:
