@@ -130,12 +130,18 @@ def psf_stamps(psf, x, y, half: int):
     """Unit-flux PSF stamps (n, 2*half+1, 2*half+1) centred on the pixels nearest (x, y), with the
     profile at the exact positions, and the FWHM (n,) (pix).
 
-    ``psf`` is a :class:`vo.images.extract.psf.PSFModel` (evaluated at each position) or a 2-D stamp
-    (the difference PSF: odd square size, centred on its central pixel, shifted by Fourier).
+    ``psf`` is a :class:`vo.images.extract.psf.PSFModel` (evaluated at each position), a 2-D stamp
+    (the difference PSF: odd square size, centred on its central pixel, shifted by Fourier), or
+    an object whose ``stamps(x, y)`` gives one such stamp per position
+    (:class:`vo.images.subtract.tiles.LocalPSF`: the difference's PSF where each source is).
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     if hasattr(psf, "evaluate"):
         return psf.evaluate(x, y, 2 * half + 1).astype(np.float64), np.atleast_1d(psf.fwhm(x, y)).astype(float)
+    if hasattr(psf, "stamps"):
+        st = np.asarray(psf.stamps(x, y), np.float64)
+        st /= st.sum(axis=(1, 2), keepdims=True)
+        return shift_stamp(st, x - np.rint(x), y - np.rint(y), half), np.array([stamp_fwhm(s) for s in st])
     stamp = np.asarray(psf, np.float64)
     if stamp.ndim != 2 or stamp.shape[0] != stamp.shape[1] or stamp.shape[0] % 2 == 0:
         raise MeasureError(f"a PSF stamp must be a square 2-D array of odd size, got shape {stamp.shape}")
@@ -313,7 +319,8 @@ def measure_features(cutouts, candidates: Table, psf, zp: float | None, ref_sour
     ----------
     cutouts : vo.images.detect.cutouts.Cutouts of these candidates (same order).
     candidates : Table with id, x, y (0-based pix), ra, dec (deg), is_negative.
-    psf : PSF of the difference image: a 2-D unit-sum stamp (``Difference.psf``) or a PSFModel.
+    psf : PSF of the difference image: a 2-D unit-sum stamp (``Difference.psf``), a PSFModel, or
+        a :class:`vo.images.subtract.tiles.LocalPSF` (each candidate's own).
     zp : zero point of the new image (m = -2.5 log10(flux_e-) + zp); None gives NaN magnitudes.
     ref_sources : sources of the reference (ra, dec in deg; or x, y on the new grid with
         ``pixel_scale`` in arcsec/pix) for ``ref_distance``.
@@ -338,7 +345,7 @@ def measure_features(cutouts, candidates: Table, psf, zp: float | None, ref_sour
 
     x, y = np.asarray(candidates["x"], float), np.asarray(candidates["y"], float)
     sign = np.where(np.asarray(candidates["is_negative"], bool), -1.0, 1.0)
-    fwhm0 = psf.fwhm() if hasattr(psf, "evaluate") else stamp_fwhm(np.asarray(psf, float))
+    fwhm0 = psf.fwhm() if hasattr(psf, "evaluate") else stamp_fwhm(np.asarray(getattr(psf, "central", psf), float))
     parts = []
     for lo in range(0, n, CHUNK):   # bounds the temporary (chunk, S, S) arrays
         sl = slice(lo, lo + CHUNK)

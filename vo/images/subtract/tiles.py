@@ -115,3 +115,20 @@ def templates(d: Difference, x, y, new_psf=None):
         t = signal.fftconvolve(pn, flat[k][None].astype(np.float64), mode="same", axes=(1, 2))
         out.append((idx, t / t.sum(axis=(1, 2), keepdims=True)))
     return out
+
+
+class LocalPSF:
+    """The difference image's PSF where each source is (:func:`templates`), for measurements
+    (:func:`vo.images.detect.measure.psf_stamps`): ``stamps(x, y)`` -> (n, k, k) unit-sum
+    stamps centred on the pixels nearest (x, y); ``central`` is the difference's central PSF."""
+
+    def __init__(self, d: Difference, new_psf=None):
+        self.d, self.new_psf, self.central = d, new_psf, d.psf
+
+    def stamps(self, x, y) -> np.ndarray:
+        x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
+        k = self.d.psf.shape[0]
+        out = np.empty((x.size, k, k))
+        for idx, st in templates(self.d, x, y, self.new_psf):
+            out[idx] = st
+        return out
