@@ -57,7 +57,7 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 
 CALIBRATION_STEPS = ("preprocess", "extract", "astrometry", "zero_point")
-TRANSIENT_STEPS = ("ingest_images", "subtraction", "detection", "cutouts", "measurements", "scoring",
+TRANSIENT_STEPS = ("ingest_images", "references", "subtraction", "detection", "cutouts", "measurements", "scoring",
                    "association", "alerts")
 STEPS = CALIBRATION_STEPS + TRANSIENT_STEPS       # the per-CCD pipeline, in workflow order
 PARTS = ("align", "zogy")                          # in-process parts of subtraction (not summed)
@@ -162,10 +162,10 @@ def setup(root: str, shape: list[int]) -> dict:
     t["simulate"] = time.perf_counter() - t0
     # reference epochs: calibrated (fills the excerpt cache too), ingested, coadded
     t0 = time.perf_counter()
-    (field, filt), members = next(iter(R.reference_sets(cfg).items()))
+    members = sorted({e for e, _ in R.reference_images(cfg, exposure, ccd)})
     for e in members:
         _calibrate(R, cfg, e, ccd, CALIBRATION_STEPS + ("ingest_images",))
-    R.run_references(cfg, field, filt, ccd, *R.rule_io("references", cfg, ccd=ccd, filt=filt, field=field))
+    R.run_references(cfg, exposure, ccd, *R.rule_io("references", cfg, exposure, ccd))
     t["reference"] = time.perf_counter() - t0
     # democam_rb: training set of the new epoch (calibrated and subtracted once here) + training
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""references: coadd the reference epochs of one field, filter and CCD into a deep reference (image, PSF, sources, zero point).
+"""references: coadd the reference images that overlap one new CCD (the reference policy) onto its grid (image, PSF, sources, zero point).
 
 Run by Snakemake (rule references) or by hand to debug it: python scripts/references.py --help
 """

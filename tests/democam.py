@@ -13,9 +13,13 @@ from vo.pipeline.runner import Runner
 
 def democam_config(root, project: str | None = None, **democam) -> dict:
     """A DemoCam config with data root ``root``: one 512x512 CCD, few calibration frames, and the
-    ``DemoCam`` parameters given (``n_exposures``, ``reference_epochs``, ``ccd_shape``, ...)."""
+    ``DemoCam`` parameters given (``n_exposures``, ``reference_epochs``, ``ccd_shape``, ...); the
+    reference policy takes the ``reference_epochs`` (which the simulator keeps free of transients)
+    as the reference images."""
     pars = {"n_ccds": 1, "ccd_shape": [512, 512], "n_bias": 3, "n_flats": 2, **democam}
     overrides = {"project": {"data_root": str(root)}, "images": {"enabled": True}, "DemoCam": pars}
+    if "reference_epochs" in democam:
+        overrides["references"] = {"select": "first", "first": int(democam["reference_epochs"])}
     if project:
         overrides["project"]["name"] = project
     return vconfig.load_config(overrides=overrides)

@@ -12,7 +12,7 @@ from vo import config as vconfig
 
 def _load(args) -> dict:
     from vo.pipeline.scripting import _parse_overrides
-    return vconfig.load_config(args.configfile, _parse_overrides(args.set))
+    return vconfig.workflow_config(args.configfile, _parse_overrides(args.set))
 
 
 def _sections(step: str, cfg: dict) -> list[str]:
@@ -126,6 +126,8 @@ def cmd_status(args) -> int:
         if engine is not None:
             engine.dispose()
     print(status.to_json(rows) if args.json else status.format_table(rows, problems=args.problems))
+    if args.references and cfg["images"]["enabled"]:
+        print("\n" + status.reference_table(cfg))
     if args.benchmarks:
         print("\n" + status.benchmark_table(cfg).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     return 1 if any(s.counts["failed"] for s in rows) else 0
@@ -205,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="list up to N failed or flagged products per step, with why (default 5)")
     p.add_argument("--no-db", action="store_true", help="files only; do not read the database")
     p.add_argument("--benchmarks", action="store_true", help="also runtime and memory per rule (benchmark files)")
+    p.add_argument("--references", action="store_true",
+                   help="also the reference plan: the reference images of each new image (reference policy)")
     p.set_defaults(func=cmd_status)
     p = common(sub.add_parser("subtract", help="subtract reference FITS image(s) from a new one: difference "
                                                "file and candidate table"))

@@ -147,6 +147,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     return cfg
 
 
+def workflow_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> dict:
+    """The config ``snakemake --configfile path`` runs with: defaults <- ``config/config.yaml``
+    (the Snakefile's ``configfile:``) <- ``path`` <- ``overrides``.  The ``vo`` command and the rule
+    scripts run by hand read configs this way, so their hashes and plans are the workflow's."""
+    cfg = load_config(None, None)
+    if path is not None and Path(path).resolve() != DEFAULT_CONFIG.resolve():
+        cfg = deep_merge(cfg, read_yaml(path))
+        validate(cfg, str(path))
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+        validate(cfg, f"{path or DEFAULT_CONFIG} + overrides")
+    return cfg
+
+
 def complete(cfg: dict, source: str = "<config>") -> dict:
     """Fill schema defaults into a (possibly partial) config dict and validate it."""
     schema = load_schema()

@@ -149,10 +149,12 @@ TABLE: tuple[Step, ...] = (
          ingest="exposures, images, source_lists, psfs, world_coordinates, zero_points, catalog_excerpts",
          doc="one CCD's products into the database (receipt file)"),
     # -- images: references to alerts ------------------------------------------------------
-    Step("references", "images", ("references",), ("zero_point",), "2",  # 2: NACF* in the header
-         {"reference": "{field}_{filter}_{ccd}"},  # prefix of .image.fits, .psf.fits, .sources.fits
-         (_rule("references", ("field", "filter", "ccd"), ("reference",), _TR),), ingest="references",
-         doc="deep coadd of the reference images per field, filter and CCD"),
+    Step("references", "images", ("references",), ("zero_point",), "3",  # 3: per new CCD, over its footprint
+         {"reference_image": "{exposure}/{ccd}.ref.image.fits", "reference_psf": "{exposure}/{ccd}.ref.psf.fits",
+          "reference_sources": "{exposure}/{ccd}.ref.sources.fits"},
+         (_rule("references", _CCD, ("reference_image", "reference_psf", "reference_sources"), _TR,
+                per_ccd=True),), ingest="references",
+         doc="the reference images overlapping a new CCD (reference policy) coadded over its footprint"),
     Step("subtraction", "images", ("subtraction",), ("zero_point", "references"), "4",  # 4: ZOGY tiles, kernel grid
          {"difference": "{exposure}/{ccd}.sub.fits", "aligned_reference": "{exposure}/{ccd}.refaligned.fits"},
          (_rule("subtraction", _CCD, ("difference", "aligned_reference"), _TR, per_ccd=True),),
@@ -165,7 +167,7 @@ TABLE: tuple[Step, ...] = (
          {"cutouts": "{exposure}/{ccd}.cutouts.h5"},
          (_rule("cutouts", _CCD, ("cutouts",), _TR, per_ccd=True),), ingest="cutouts",
          doc="new, reference and difference stamps per candidate"),
-    Step("measurements", "images", ("measurements",), ("cutouts",), "1",
+    Step("measurements", "images", ("measurements",), ("cutouts",), "2",  # 2: PSF fluxes with each one's own PSF
          {"measurements": "{exposure}/{ccd}.measurements.fits"},
          (_rule("measurements", _CCD, ("measurements",), _TR, per_ccd=True),), ingest="measurements",
          doc="fluxes, shapes and analytic cuts per candidate"),

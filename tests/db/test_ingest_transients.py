@@ -61,8 +61,9 @@ def products(tmp_path_factory):
     make(cfg, "measurements")
     ccd = R.ccds(cfg)[0]
     image_files = {exp: R.rule_io("ingest_images", cfg, exp, ccd)[0] for exp in R.exposures(cfg)}
-    (field, filt), = R.reference_sets(cfg)
-    ref_files = R.rule_io("references", cfg, ccd=ccd, filt=filt, field=field)[1]
+    filt = R.exposure_filter(cfg, R.exposures(cfg)[0])
+    # each new image has its own reference, coadded on its grid ("field" of its row: the exposure)
+    ref_files = {exp: R.rule_io("references", cfg, exp, ccd)[1] for exp in R.new_exposures(cfg)}
     transient_files = {}
     for exp in R.new_exposures(cfg):
         sub_in, sub_out = R.rule_io("subtraction", cfg, exp, ccd)
@@ -73,14 +74,15 @@ def products(tmp_path_factory):
              "image": sub_in["image"], "zp": sub_in["zp"], "reference_image": sub_in["ref_image"]}
         f["scores"] = _write_scores(cfg, f["cutouts"], f["measurements"])
         transient_files[exp] = f
-    return {"cfg": cfg, "ccd": ccd, "field": field, "filter": filt, "image_files": image_files,
+    return {"cfg": cfg, "ccd": ccd, "filter": filt, "image_files": image_files,
             "ref_files": ref_files, "files": transient_files, "new": sorted(transient_files)}
 
 
 def _ingest_upstream(engine, p) -> None:
     for exp, files in p["image_files"].items():
         ingest_image_products(engine, p["cfg"], "DemoCam", exp, p["ccd"], files)
-    ingest_reference(engine, p["cfg"], "DemoCam", p["field"], p["filter"], p["ccd"], p["ref_files"])
+    for exp, files in p["ref_files"].items():
+        ingest_reference(engine, p["cfg"], "DemoCam", exp, p["filter"], p["ccd"], files)
 
 
 def _ingest_all(engine, p) -> dict:
@@ -160,17 +162,19 @@ def test_rows_association_and_idempotency(engine, products):
                          .join(m.Reference, m.Subtraction.reference_id == m.Reference.id)
                          .join(m.ZeroPoint, m.Subtraction.zero_point_id == m.ZeroPoint.id)
                          .order_by(m.Exposure.name)).all()
-        ref = s.execute(sa.select(m.Reference)).scalar_one()
+        refs = s.execute(sa.select(m.Reference).order_by(m.Reference.field)).scalars().all()
         n_cut = s.execute(sa.select(m.Cutouts.n_cutouts).order_by(m.Cutouts.id)).scalars().all()
     assert [r.name for r in subs] == p["new"]
     for r, exp in zip(subs, p["new"]):
-        assert r.field == p["field"] and r.method == p["cfg"]["subtraction"]["method"]
+        assert r.field == exp and r.method == p["cfg"]["subtraction"]["method"]
         assert r[3].endswith(f"{exp}/{p['ccd']}.zp.fits")
         assert r.n_candidates == fits.getheader(p["files"][exp]["candidates"])["N_CAND"]
         assert 20 < r.limmag5 < 26
     assert n_cut == [fits.getheader(p["files"][e]["candidates"])["N_CAND"] for e in p["new"]]
-    assert ref.n_images == 2 and ref.instrument.lower() == "democam" and ref.filter == p["filter"]
-    assert ref.zp == pytest.approx(fits.getheader(p["ref_files"]["image"], "SCI")["MAGZP"])
+    assert [ref.field for ref in refs] == p["new"]
+    for ref in refs:
+        assert ref.n_images == 2 and ref.instrument.lower() == "democam" and ref.filter == p["filter"]
+        assert ref.zp == pytest.approx(fits.getheader(p["ref_files"][ref.field]["image"], "SCI")["MAGZP"])
 
     # the same true transient detected (and real) in both new epochs -> the same object
     by_exp = {}
@@ -211,7 +215,7 @@ def test_upstream_rows_required(engine, products):
         ingest_transient_products(engine, p["cfg"], "DemoCam", exp, p["ccd"], p["files"][exp])
     for e, files in p["image_files"].items():
         ingest_image_products(engine, p["cfg"], "DemoCam", e, p["ccd"], files)
-    with pytest.raises(IngestError, match=r"references row for .*f00_r_C01\.image\.fits.*ingest_reference"):
+    with pytest.raises(IngestError, match=r"references row for .*C01\.ref\.image\.fits.*ingest_reference"):
         ingest_transient_products(engine, p["cfg"], "DemoCam", exp, p["ccd"], p["files"][exp])
     # nothing of the failed transactions was written
     for model in (m.Subtraction, m.Cutouts, m.Measurement, m.Score, m.SkyObject):

@@ -127,7 +127,7 @@ def test_reference_with_no_good_input_is_skipped(run, tmp_path, caplog):
     from vo.images.astrometry import read_wcs, write_wcs
 
     root, _, cfg, ccd, _ = run
-    inputs, outputs = R.rule_io("references", cfg, field="f00", filt="r", ccd=ccd)
+    inputs, outputs = R.rule_io("references", cfg, GOOD, ccd)
     failed = []
     for k, w in enumerate(inputs["wcs"]):
         sol = read_wcs(w)
@@ -136,7 +136,7 @@ def test_reference_with_no_good_input_is_skipped(run, tmp_path, caplog):
         write_wcs(failed[-1], sol)
     out = {k: str(tmp_path / Path(v).name) for k, v in outputs.items()}
     with caplog.at_level(logging.WARNING, logger="vo.images"):
-        R.run_references(cfg, "f00", "r", ccd, {**inputs, "wcs": failed}, out)
+        R.run_references(cfg, GOOD, ccd, {**inputs, "wcs": failed}, out)
     for path in out.values():
         assert "no input with a good WCS" in skipped_reason(path)
     assert "leaving out" in caplog.text and "skipped" in caplog.text
@@ -152,7 +152,7 @@ def test_exposures_without_reference_are_listed_not_subtracted(tmp_path):
     """One reference epoch but references.min_images = 2: no reference, so no subtraction job;
     the workflow names these exposures at its start (onstart) instead of failing."""
     over = {"project": {"data_root": str(tmp_path), "obs_names": []}, "images": {"enabled": True},
-            "DemoCam": {"n_exposures": 3, "reference_epochs": 1}, "references": {"min_images": 2}}
+            "DemoCam": {"n_exposures": 3, "reference_epochs": 1}, "references": {"min_images": 2, "first": 1}}
     cfg = vconfig.load_config(overrides=over)
     assert R.new_exposures(cfg) == {}
     assert R.unreferenced_exposures(cfg) == ["dc_f00_r_001", "dc_f00_r_002"]

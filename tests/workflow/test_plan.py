@@ -10,7 +10,7 @@ from vo import config as vconfig
 from vo.pipeline import plan as vplan
 
 CONFIG = {"project": {"name": "PLAN", "ra_bins": [261, 355]}, "images": {"enabled": True},
-          "DemoCam": {"n_ccds": 2, "n_exposures": 3, "reference_epochs": 1}, "references": {"min_images": 1}}
+          "DemoCam": {"n_ccds": 2, "n_exposures": 3, "reference_epochs": 1}, "references": {"min_images": 1, "first": 1}}
 
 
 @pytest.fixture
@@ -29,8 +29,8 @@ def test_the_plan_is_built_once_then_read_from_its_file(cfg, monkeypatch):
     plan = vplan.get_plan(cfg)
     assert plan.ra_bins == [261, 355] and plan.ccds == ["C01", "C02"]
     assert plan.exposures == ["dc_f00_r_000", "dc_f00_r_001", "dc_f00_r_002"]
-    assert plan.reference_sets() == {("f00", "r"): ["dc_f00_r_000"]}
-    assert plan.new_exposures() == {"dc_f00_r_001": ("f00", "r"), "dc_f00_r_002": ("f00", "r")}
+    assert plan.reference_images("dc_f00_r_001", "C01") == [("dc_f00_r_000", "C01")]
+    assert plan.new_exposures() == {"dc_f00_r_001": ("p00", "r"), "dc_f00_r_002": ("p00", "r")}
     assert set(plan.filters.values()) == {"r"} and plan.bias and plan.flats["r"]
     (path,) = _files(cfg)
     monkeypatch.setattr(vplan, "_MEMORY", {})

@@ -53,7 +53,7 @@ def test_exposure_jobs_make_every_product(tmp_path):
     raw = {"project": {"name": "EXPJOBS", "obs_names": []}, "images": {"enabled": True, "jobs": "exposure"},
            "resources": {"threads": 2},
            "DemoCam": {"n_ccds": 2, "n_exposures": 3, "reference_epochs": 2, "ccd_shape": [512, 512],
-                       "n_bias": 3, "n_flats": 3}}
+                       "n_bias": 3, "n_flats": 3}, "references": {"first": 2}}
     cfgfile.write_text(yaml.safe_dump(raw))
     counts = job_counts(smk(["-n", "--configfile", str(cfgfile)], tmp_path).stdout)
     assert {r: counts[r] for r in PER_CCD_CHAIN} == dict.fromkeys(PER_CCD_CHAIN, 3), counts

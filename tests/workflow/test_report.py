@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def load_cfg(root: Path, cfgfile: Path) -> dict:
-    cfg = vconfig.deep_merge(yaml.safe_load(cfgfile.read_text()), {"project": {"data_root": str(root)}})
-    return vconfig.complete(cfg)
+    """The config snakemake ran with (config/config.yaml, then the file), in ``root``."""
+    return vconfig.workflow_config(cfgfile, {"project": {"data_root": str(root)}})
 
 
 def html_rows(html: str) -> dict[str, dict]:

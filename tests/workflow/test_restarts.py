@@ -60,7 +60,7 @@ CONFIG = {
     "images": {"enabled": True},
     "DemoCam": {"n_ccds": 1, "n_exposures": 2, "reference_epochs": 1, "ccd_shape": [512, 512],
                 "n_bias": 2, "n_flats": 2},
-    "references": {"min_images": 1},
+    "references": {"min_images": 1, "first": 1},
 }
 #: Run the light-curve pipeline only, and what it makes (raw stores and step folders).
 LIGHTCURVES_ONLY = ("--until", "ingest", "plots")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 CONFIG = {"project": {"name": "RUNNER", "obs_names": []}, "images": {"enabled": True},
           "DemoCam": {"n_ccds": 1, "n_exposures": 2, "reference_epochs": 1, "ccd_shape": [512, 512],
                       "n_bias": 2, "n_flats": 2},
-          "references": {"min_images": 1}, "scoring": {"algorithm": "braai_d6_m7"}}
+          "references": {"min_images": 1, "first": 1}, "scoring": {"algorithm": "braai_d6_m7"}}
 NEW = "dc_f00_r_001"
 
 
@@ -39,7 +39,10 @@ def test_run_ccd_makes_the_workflows_files_and_snakemake_has_nothing_left(setup)
         assert os.path.exists(ccd.paths[kind]), kind
         assert f"{root / 'data'}" in ccd.paths[kind]
     assert ccd.wcs.ok and np.isfinite(ccd.zp.zp)
-    assert ccd.difference.score.shape == ccd.image.sci.shape == ccd.reference.image.sci.shape
+    assert ccd.difference.score.shape == ccd.image.sci.shape
+    # the reference covers the image's planned footprint and references.grid_margin around it
+    margin = int(np.ceil(ccd.cfg["references"]["grid_margin"] / ccd.cfg["DemoCam"]["pixel_scale"]))
+    assert ccd.reference.image.sci.shape == tuple(n + 2 * margin for n in ccd.image.sci.shape)
     assert len(ccd.scores) == len(ccd.measurements) > 0
     assert ccd.parameters("subtraction")["subtraction.method"] == "zogy"
     # the same products, asked of Snakemake: nothing to do

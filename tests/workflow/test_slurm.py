@@ -55,7 +55,7 @@ SMALL = {
     "images": {"enabled": True},
     "DemoCam": {"n_ccds": N_CCDS, "n_exposures": N_EXPOSURES, "reference_epochs": 1,
                 "ccd_shape": [512, 512], "n_bias": 1, "n_flats": 1},
-    "references": {"min_images": 1},   # the first exposure is the reference of the second
+    "references": {"min_images": 1, "first": 1},   # the first exposure is the reference of the second
 }
 #: rules of the ``ccd`` group (workflow/rules/images.smk): one SLURM job per CCD image
 CCD_GROUP = {"preprocess", "extract", "astrometry", "zero_point", "ingest_images",
@@ -397,7 +397,7 @@ def test_per_ccd_steps_run_as_one_slurm_job_per_ccd(accounting_run):
             continue
         members = job_blocks(group_log(accounting_run, j["JobID"]))
         rules = {rule for rule, _ in members}
-        where = {re.search(r"dc_\w+_\d{3}_C\d\d$", wc).group() for _, wc in members}
+        where = {re.search(r"dc_f\d\d_\w+_\d{3}_C\d\d$", wc).group() for _, wc in members}  # not a hash's "..dc_"
         assert len(where) == 1 and {"preprocess", "ingest_images"} <= rules <= CCD_GROUP, (rules, where)
         images[where.pop()] += 1
     assert len(images) == N_CCDS * N_EXPOSURES and set(images.values()) == {1}, images

@@ -61,7 +61,8 @@ def test_extraction_change_reruns_only_extraction_and_after(run):
 
 
 def test_new_epoch_is_subtracted_detected_measured_and_scored(run):
-    """Reference from epochs 0-1, new epoch 2: difference, candidates, measurements, scores."""
+    """Reference from epochs 0-1 coadded on the grid of new epoch 2: difference, candidates,
+    measurements, scores."""
     from vo.images.realbogus.score import read_scores
     from vo.images.subtract import read_difference
 
@@ -69,9 +70,10 @@ def test_new_epoch_is_subtracted_detected_measured_and_scored(run):
     proj = root / "IMGTEST"
     from vo.images.reference.coadd import read_reference
 
-    refs = sorted(proj.glob("references-*/f00_r_C01.image.fits"))
+    refs = sorted(proj.glob("references-*/dc_f00_r_002/C01.ref.image.fits"))  # on the new image's grid
     assert len(refs) == 1
-    assert read_reference(str(refs[0]).replace(".image.fits", "")).n_images == 2
+    ref = read_reference(str(refs[0]).replace(".image.fits", ""))
+    assert ref.n_images == 2 and sorted(ref.meta["inputs"]) == ["DemoCam dc_f00_r_000 C01", "DemoCam dc_f00_r_001 C01"]
     diff = read_difference(next(proj.glob("subtraction-*/dc_f00_r_002/C01.sub.fits")))
     good = diff.flags == 0
     assert 0.8 < float(diff.score_corr[good].std()) < 1.6

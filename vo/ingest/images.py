@@ -37,6 +37,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from vo import provenance as vprov
 from vo.db import models as m
 from vo.db.bulk import IngestError, upsert
+from vo.images.instruments.calibrated import Calibrated
 from vo.db.engine import Session
 from vo.db.migrate import init_db
 from vo.db.rows import in_transaction, ingest_provenances, provenance_id, relative
@@ -301,7 +302,12 @@ def read_ccd_products(engine, root, instrument: str, exposure: str, ccd: str, fi
     info = {k: float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else v
             for k, v in info.items()}  # numpy scalars: psycopg adapts Python numbers only
     raw_ra, raw_dec = pointing(heads["raw"][0])
-    raw_name = relative(paths["raw"], root)
+    try:
+        raw_name = relative(paths["raw"], root)
+    except IngestError:  # a user's calibrated file, read where it lies: its absolute path
+        if instrument.lower() != Calibrated.name:
+            raise
+        raw_name = Path(paths["raw"]).resolve().as_posix()
     exp_row = {  # the instrument as spelled in the provenance: the same from every caller
         "instrument": provs["image"].obs, "name": exposure,
         "filter": str(info.get("filter") or header_value(img, "FILTER", img_path, True, str)).strip(),

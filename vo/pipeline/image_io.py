@@ -13,6 +13,7 @@ import inspect
 import logging
 
 from vo import provenance as vprov
+from vo.pipeline.plan import ccds, exposures, get_plan, instrument, instrument_key  # noqa: F401 (re-exported)
 from vo.pipeline.skipped import SkipProduct, first_skipped, write_skipped
 from vo.paths import Paths
 
@@ -20,62 +21,25 @@ log = logging.getLogger("vo.images")
 
 
 
-def instrument(cfg: dict):
-    from vo.images.instruments import get_instrument
-    return get_instrument(cfg["images"]["instrument"], cfg)
-
-
-def instrument_key(cfg: dict) -> str:
-    """The instrument as it appears in provenance keys and file names (upper case)."""
-    return cfg["images"]["instrument"].upper()
-
-
-def exposures(cfg: dict) -> list[str]:
-    """Science exposures of this run (config list, or what the instrument lists)."""
-    return list(cfg["images"]["exposures"] or instrument(cfg).exposure_names(cfg))
-
-
-def ccds(cfg: dict) -> list[str]:
-    names = instrument(cfg).section_names()
-    wanted = cfg["images"]["ccds"]
-    if wanted:
-        unknown = sorted(set(wanted) - set(names))
-        if unknown:
-            raise ValueError(f"images.ccds: unknown sections {unknown} of {cfg['images']['instrument']}")
-        return [c for c in names if c in wanted]
-    return names
-
-
-_PLANS: dict[str, object] = {}
-
-
-def reference_plan(cfg: dict):
-    """The instrument's :class:`~vo.images.instruments.base.ReferencePlan` of this run's exposures
-    (computed once per config in a process)."""
-    key = vprov.canonical_json(cfg)
-    if key not in _PLANS:
-        _PLANS[key] = instrument(cfg).reference_plan(cfg, exposures(cfg))
-    return _PLANS[key]
-
-
-def reference_sets(cfg: dict) -> dict[tuple[str, str], list[str]]:
-    """Exposures that build the reference of each (field, filter)."""
-    return reference_plan(cfg).sets
+def reference_images(cfg: dict, exposure: str, ccd: str) -> list[tuple[str, str]]:
+    """The (exposure, ccd) reference images coadded onto new image ``exposure`` ``ccd`` (the plan's
+    reference policy; empty when none overlaps it)."""
+    return get_plan(cfg).reference_images(exposure, ccd)
 
 
 def new_exposures(cfg: dict) -> dict[str, tuple[str, str]]:
-    """Exposures to subtract a reference from: exposure -> its (field, filter) reference key."""
-    return reference_plan(cfg).new
+    """Exposures to subtract references from: exposure -> (patch of sky, filter), in time order."""
+    return get_plan(cfg).new_exposures()
 
 
 def unreferenced_exposures(cfg: dict) -> list[str]:
-    """Exposures that should be subtracted but whose field and filter have no reference (too few
-    reference exposures or inputs): they are calibrated and ingested but not subtracted."""
-    return reference_plan(cfg).unreferenced
+    """Exposures that are neither references nor have a CCD overlapped by enough references:
+    they are calibrated and ingested but not subtracted."""
+    return list(get_plan(cfg).unreferenced)
 
 
 def previous_new_exposure(cfg: dict, exposure: str) -> str | None:
-    """The new exposure of the same field and filter just before ``exposure`` (by index)."""
+    """The new exposure of the same patch of sky and filter just before ``exposure`` in time."""
     news = new_exposures(cfg)
     same = [e for e in news if news[e] == news[exposure]]
     i = same.index(exposure)
@@ -88,7 +52,7 @@ def exposure_filter(cfg: dict, exposure: str) -> str:
 
 
 def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None = None,
-            filt: str | None = None, field: str | None = None, paths: Paths | None = None) -> tuple[dict, dict]:
+            filt: str | None = None, paths: Paths | None = None) -> tuple[dict, dict]:
     """(inputs, outputs) of one job of image rule ``step`` as dicts of name -> path; ``paths``: the
     run's :class:`Paths` of ``cfg`` (reused, its hashes are computed once)."""
     P = paths or Paths(cfg)
@@ -112,6 +76,8 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
         return ({"raw": [raw(n) for n in cal["flat"][filt]], "bias": prod("bias", ccd=ccd)},
                 {"flat": prod("flat", ccd=ccd, filter=filt)})
     e = {"exposure": exposure, "ccd": ccd}
+    if step == "preprocess" and getattr(inst, "calibrated", False):  # read as they are
+        return {"raw": raw(exposure)}, {"image": prod("image", **e)}
     if step == "preprocess":
         f = filt or exposure_filter(cfg, exposure)
         return ({"raw": raw(exposure), "bias": prod("bias", ccd=ccd), "flat": prod("flat", ccd=ccd, filter=f)},
@@ -125,17 +91,15 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
         return ({"image": prod("image", **e), "sources": prod("sources", **e), "psf": prod("psf", **e),
                  "background": prod("background", **e), "wcs": prod("wcs", **e)},
                 {"zp": prod("zp", **e)})
+    ref = {k: prod(f"reference_{k}", **e) for k in ("image", "psf", "sources")} if exposure and ccd else {}
     if step == "references":
-        members = reference_sets(cfg)[(field, filt)]
-        per = {k: [prod(k, exposure=m, ccd=ccd) for m in members] for k in ("image", "psf", "wcs", "zp")}
-        prefix = prod("reference", field=field, filter=filt, ccd=ccd)
-        return per, {k: f"{prefix}.{k}.fits" for k in ("image", "psf", "sources")}
+        members = reference_images(cfg, exposure, ccd)
+        per = {k: [prod(k, exposure=m, ccd=c) for m, c in members] for k in ("image", "psf", "wcs", "zp")}
+        return per, ref  # the grid is the plan's (get_plan(cfg).coadd_grid): no input of the new image
     if step == "subtraction":
-        field, filt = new_exposures(cfg)[exposure]
-        ref = prod("reference", field=field, filter=filt, ccd=ccd)
         return ({"image": prod("image", **e), "psf": prod("psf", **e), "wcs": prod("wcs", **e),
-                 "zp": prod("zp", **e), "ref_image": f"{ref}.image.fits", "ref_psf": f"{ref}.psf.fits",
-                 "ref_sources": f"{ref}.sources.fits"},
+                 "zp": prod("zp", **e), "ref_image": ref["image"], "ref_psf": ref["psf"],
+                 "ref_sources": ref["sources"]},
                 {"difference": prod("difference", **e), "aligned_reference": prod("aligned_reference", **e)})
     if step == "detection":
         return ({"difference": prod("difference", **e), "psf": prod("psf", **e)},
@@ -145,18 +109,14 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
                  "aligned_reference": prod("aligned_reference", **e), "difference": prod("difference", **e)},
                 {"cutouts": prod("cutouts", **e)})
     if step == "measurements":
-        field, filt = new_exposures(cfg)[exposure]
-        ref = prod("reference", field=field, filter=filt, ccd=ccd)
         return ({"cutouts": prod("cutouts", **e), "candidates": prod("candidates", **e),
-                 "difference": prod("difference", **e), "zp": prod("zp", **e),
-                 "ref_sources": f"{ref}.sources.fits"},
+                 "difference": prod("difference", **e), "zp": prod("zp", **e), "psf": prod("psf", **e),
+                 "ref_sources": ref["sources"]},
                 {"measurements": prod("measurements", **e)})
     if step == "rb_training_set":
-        field, filt = new_exposures(cfg)[exposure]
-        ref = prod("reference", field=field, filter=filt, ccd=ccd)
         return ({"image": prod("image", **e), "psf": prod("psf", **e), "wcs": prod("wcs", **e),
                  "zp": prod("zp", **e), "aligned_reference": prod("aligned_reference", **e),
-                 "ref_image": f"{ref}.image.fits", "ref_psf": f"{ref}.psf.fits"},
+                 "ref_image": ref["image"], "ref_psf": ref["psf"]},
                 {"training_set": prod("training_set", **e)})
     if step == "efficiency":
         inputs, _ = rule_io("rb_training_set", cfg, exposure, ccd)
@@ -174,13 +134,11 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
             inputs["model"] = prod("rb_model")
         return inputs, {"scores": prod("scores", **e)}
     if step == "association":
-        field, filt = new_exposures(cfg)[exposure]
-        ref = prod("reference", field=field, filter=filt, ccd=ccd)
         inputs = {"ingest_images": prod("ingest_images", **e), "difference": prod("difference", **e),
                   "candidates": prod("candidates", **e), "cutouts": prod("cutouts", **e),
                   "measurements": prod("measurements", **e), "scores": prod("scores", **e),
-                  "image": prod("image", **e), "zp": prod("zp", **e), "reference_image": f"{ref}.image.fits",
-                  "reference_psf": f"{ref}.psf.fits", "reference_sources": f"{ref}.sources.fits"}
+                  "image": prod("image", **e), "zp": prod("zp", **e), "reference_image": ref["image"],
+                  "reference_psf": ref["psf"], "reference_sources": ref["sources"]}
         earlier = previous_new_exposure(cfg, exposure)
         if earlier:  # associate in time order, so object names do not depend on job order
             inputs["previous"] = prod("association", exposure=earlier, ccd=ccd)

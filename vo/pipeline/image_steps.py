@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from vo import provenance as vprov
 from vo.io.atomic import write_text
@@ -62,12 +63,18 @@ def run_master_flat(cfg: dict, ccd: str, filt: str, inputs: dict, outputs: dict)
 
 
 def run_preprocess(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
-    """Overscan, trim, bias, flat, gain, weights and flags of one CCD."""
+    """Overscan, trim, bias, flat, gain, weights and flags of one CCD (or, for calibrated images,
+    the image read with its weights and masks)."""
     from vo.images.calibrate import calibration
     from vo.images.image import write_image
     from vo.images.calibrate.preprocess import preprocess
 
     inst = instrument(cfg)
+    if getattr(inst, "calibrated", False):  # an already calibrated image: read as it is
+        image = inst.read_image(inputs["raw"], ccd, exposure)
+        write_image(outputs["image"], image, file_attrs(cfg, "preprocessing"))
+        log.info("%s %s: calibrated image read from %s", exposure, ccd, inputs["raw"])
+        return
     meta = {"instrument": cfg["images"]["instrument"], **inst.read_exposure_header(inputs["raw"])}
     raw = inst.read_section(inputs["raw"], ccd)
     bias, _ = calibration.read_master(inputs["bias"], "bias")
@@ -96,10 +103,19 @@ def run_extract(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict)
 
 def fetcher(cfg: dict):
     """Reference-catalog fetcher: the instrument's own where it has one (a simulated camera's,
-    offline), else the Gaia archive."""
+    offline), else the files of ``catalog_excerpts.files`` (relative patterns under the data
+    root), else the Gaia archive."""
     from vo.images.astrometry import excerpts
 
-    return instrument(cfg).catalog_fetcher() or excerpts.GaiaArchiveFetcher.from_config(cfg)
+    own = instrument(cfg).catalog_fetcher()
+    if own is not None:
+        return own
+    pars = cfg["catalog_excerpts"]
+    if pars["files"]:
+        root = Paths(cfg).data_root
+        return excerpts.file_fetcher([p if os.path.isabs(p) else str(root / p) for p in pars["files"]],
+                                     pars["catalog"])
+    return excerpts.GaiaArchiveFetcher.from_config(cfg)
 
 
 def footprint(header, shape):
@@ -127,7 +143,8 @@ def excerpt_tile_files(cfg: dict, image_file: str) -> list[str]:
 
 
 def run_astrometry(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
-    """Fit the WCS against the reference catalog; a failure is flagged in the file, not raised."""
+    """Fit the WCS against the reference catalog; a failure is flagged in the file, not raised (a
+    calibrated image keeps its own WCS, with the reason in the file)."""
     from vo.images.astrometry import excerpts
     from vo.images.astrometry import WCSSolution, solve_wcs, write_wcs
     from vo.images.extract import read_sources
@@ -142,6 +159,12 @@ def run_astrometry(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
     except excerpts.ExcerptError as exc:  # no overlap: flag, do not crash the workflow
         from astropy.wcs import WCS
         sol = WCSSolution(wcs=WCS(hdr), rms_arcsec=float("nan"), n_stars=0, ok=False, reason=str(exc))
+    if not sol.ok and getattr(instrument(cfg), "calibrated", False):
+        # a calibrated image's own WCS (a survey pipeline's, fitted to Gaia) beats none: kept, and said
+        from astropy.wcs import WCS
+        sol = WCSSolution(wcs=WCS(hdr), rms_arcsec=float("nan"), n_stars=0, ok=True,
+                          reason=f"the image's own WCS kept (refit failed: {sol.reason})")
+        log.warning("%s %s: %s", exposure, ccd, sol.reason)
     write_wcs(outputs["wcs"], sol, file_attrs(cfg, "astrometry"))
     if sol.ok:
         log.info("%s %s: WCS rms %.3f\" from %d stars", exposure, ccd, sol.rms_arcsec, sol.n_stars)
@@ -199,7 +222,7 @@ def run_zero_point(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
         zp = zeropoint.fit_zero_point(sources, excerpt, sol, hdr["FILTER"], float(hdr["EXPTIME"]),
                                       cfg["zero_point"], mjd=float(hdr["MJD-OBS"]),
                                       background_rms=background_rms(sources, inputs["background"]),
-                                      psf_nea=nea, system=system_for(hdr.get("INSTRUME")),
+                                      psf_nea=nea, system=system_for(hdr.get("CAMERA", hdr.get("INSTRUME"))),
                                       release=cfg["catalog_excerpts"]["catalog"])
     except (ValueError, KeyError) as exc:  # cannot calibrate: flagged with the reason, not a failed job
         nan = float("nan")

@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vo import provenance as vprov
 from vo.io.atomic import write_text
 from vo.paths import Paths
-from vo.pipeline import image_io
 
 log = logging.getLogger("vo.pipeline.plan")
 
 #: source files whose code decides the plan (their modification times enter the key)
-_CODE = ("vo/pipeline/plan.py", "vo/pipeline/image_io.py", "vo/catalog.py", "vo/images/instruments/base.py",
-         "vo/images/instruments/decam.py", "vo/images/instruments/democam/__init__.py",
-         "vo/images/instruments/democam/plan.py")
+_CODE = ("vo/pipeline/plan.py", "vo/pipeline/py", "vo/catalog.py", "vo/images/instruments/base.py",
+         "vo/images/instruments/decam.py", "vo/images/instruments/calibrated.py", "vo/images/instruments/democam/__init__.py",
+         "vo/images/instruments/democam/plan.py", "vo/images/reference/pairing.py")
 _MEMORY: dict[str, "Plan"] = {}
 
 
@@ -44,9 +42,13 @@ class Plan:
     exposures, ccds : science exposures and CCDs of the image pipeline (empty when it is off).
     filters : exposure -> filter.
     bias, flats : bias frames; filter -> flat frames.
-    references : ``"field filter"`` -> the exposures coadded into that reference.
-    new : new exposure -> [field, filter] of its reference.
-    unreferenced : exposures with no reference to be subtracted from (calibrated only).
+    references : ``"exposure ccd"`` of each CCD of a new exposure -> the ``[exposure, ccd]``
+        reference images coadded onto its grid (best first; empty: nothing overlaps it).
+    new : new exposure -> [patch of sky, filter], in time order.
+    unreferenced : exposures that are neither references nor new with a reference (calibrated only).
+    patches : exposure -> patch of sky (``p00``, ...).
+    grids : ``"exposure ccd"`` of a new image -> the grid its references are coadded on
+        (:func:`vo.images.reference.pairing.coadd_grid`).
     """
 
     ra_bins: list
@@ -58,18 +60,55 @@ class Plan:
     references: dict
     new: dict
     unreferenced: list
+    patches: dict
+    grids: dict
 
-    def reference_sets(self) -> dict[tuple[str, str], list[str]]:
-        return {tuple(k.split(" ", 1)): v for k, v in self.references.items()}
+    def reference_images(self, exposure: str, ccd: str) -> list[tuple[str, str]]:
+        """The (exposure, ccd) reference images of one new image (empty: none overlaps it)."""
+        return [tuple(r) for r in self.references.get(f"{exposure} {ccd}", [])]
+
+    def coadd_grid(self, exposure: str, ccd: str) -> dict | None:
+        """The grid the references of new image ``exposure`` ``ccd`` are coadded on (None: it has none)."""
+        return self.grids.get(f"{exposure} {ccd}")
 
     def new_exposures(self) -> dict[str, tuple[str, str]]:
         return {e: tuple(k) for e, k in self.new.items()}
 
     def image_config(self, cfg: dict) -> dict:
         """``cfg`` with the exposures and calibration frames listed, so that nothing reads the raw
-        folder again to find them."""
-        return {**cfg, "images": {**cfg["images"], "exposures": list(self.exposures),
+        folder again to find them (:func:`get_plan` of it is this plan)."""
+        icfg = {**cfg, "images": {**cfg["images"], "exposures": list(self.exposures),
                                   "bias_exposures": list(self.bias), "flat_exposures": dict(self.flats)}}
+        _MEMORY[plan_key(icfg)] = self
+        return icfg
+
+
+def instrument(cfg: dict):
+    """The run's :class:`~vo.images.instruments.base.Instrument` (``images.instrument``)."""
+    from vo.images.instruments import get_instrument
+    return get_instrument(cfg["images"]["instrument"], cfg)
+
+
+def instrument_key(cfg: dict) -> str:
+    """The instrument as it appears in provenance keys and file names (upper case)."""
+    return cfg["images"]["instrument"].upper()
+
+
+def exposures(cfg: dict) -> list[str]:
+    """Science exposures of this run (config list, or what the instrument lists)."""
+    return list(cfg["images"]["exposures"] or instrument(cfg).exposure_names(cfg))
+
+
+def ccds(cfg: dict) -> list[str]:
+    """CCDs of this run: ``images.ccds`` (checked against the instrument's) or all of them."""
+    names = instrument(cfg).section_names()
+    wanted = cfg["images"]["ccds"]
+    if wanted:
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise ValueError(f"images.ccds: unknown sections {unknown} of {cfg['images']['instrument']}")
+        return [c for c in names if c in wanted]
+    return names
 
 
 def _stat(path: Path) -> list:
@@ -88,9 +127,8 @@ def plan_key(cfg: dict) -> str:
     parts = {"config": cfg, "code": [_stat(repo / f) for f in _CODE]}
     if not cfg["project"]["ra_bins"]:
         parts["catalog"] = _stat(Catalog.from_config(cfg).get_fullname())
-    if cfg["images"]["enabled"] and not image_io.instrument(cfg).simulated:
-        raw = Paths(cfg).data_root / image_io.instrument_key(cfg) / "raw"
-        parts["raw"] = sorted(_stat(raw / name) for name in (os.listdir(raw) if raw.is_dir() else []))
+    if cfg["images"]["enabled"] and not instrument(cfg).simulated:
+        parts["raw"] = sorted(_stat(p) for p in instrument(cfg).input_files())
     return vprov.short_hash(parts)
 
 
@@ -100,13 +138,18 @@ def build_plan(cfg: dict) -> Plan:
 
     ra_bins = [int(b) for b in (cfg["project"]["ra_bins"] or Catalog.from_config(cfg).load().ra_bins())]
     if not cfg["images"]["enabled"]:
-        return Plan(ra_bins, [], [], {}, [], {}, {}, {}, [])
-    inst, paths = image_io.instrument(cfg), Paths(cfg)
-    exposures, cal = image_io.exposures(cfg), inst.calibration_names(cfg)  # the raw folder, read once
-    refs = inst.reference_plan(cfg, exposures)
-    return Plan(ra_bins, exposures, image_io.ccds(cfg), {e: inst.exposure_filter(paths, e) for e in exposures},
-                cal["bias"], cal["flat"], {f"{fld} {flt}": list(v) for (fld, flt), v in refs.sets.items()},
-                {e: list(k) for e, k in refs.new.items()}, list(refs.unreferenced))
+        return Plan(ra_bins, [], [], {}, [], {}, {}, {}, [], {}, {})
+    from vo.images.reference.pairing import image_table, plan_references
+
+    inst = instrument(cfg)
+    names, cal, sections = exposures(cfg), inst.calibration_names(cfg), ccds(cfg)
+    rows = inst.image_rows(cfg, names, sections)  # the raw headers, read once
+    filters = {r["exposure"]: r["filter"] for r in rows}
+    pairing = plan_references(image_table(rows), cfg["references"])
+    return Plan(ra_bins, names, sections, {e: filters.get(e) or inst.exposure_filter(Paths(cfg), e) for e in names},
+                cal["bias"], cal["flat"], {f"{e} {c}": [list(r) for r in v] for (e, c), v in pairing.references.items()},
+                {e: list(k) for e, k in pairing.new.items()}, list(pairing.unreferenced), dict(pairing.patches),
+                {f"{e} {c}": g for (e, c), g in pairing.grids.items()})
 
 
 def get_plan(cfg: dict) -> Plan:

@@ -22,8 +22,7 @@ from vo.pipeline import lightcurves as workflow
 from vo.pipeline.plan import get_plan
 
 HELP = {"obs": "observatory, e.g. DEMO or ZTF", "ra_bin": "integer RA bin (deg)",
-        "exposure": "exposure name", "ccd": "CCD (section) name", "filt": "filter",
-        "field": "field name (e.g. f00)"}
+        "exposure": "exposure name", "ccd": "CCD (section) name", "filt": "filter"}
 
 
 def _setup_logging(logfile: str | None) -> None:
@@ -60,8 +59,7 @@ def _planned(step: str, cfg: dict) -> dict:
 
 def _standalone_io(step: str, cfg: dict, job: dict) -> tuple[dict, dict]:
     if step in vsteps.IMAGE_RULES:
-        return image_io.rule_io(step, cfg, job.get("exposure"), job.get("ccd"), job.get("filt"),
-                                job.get("field"))
+        return image_io.rule_io(step, cfg, job.get("exposure"), job.get("ccd"), job.get("filt"))
     ra_bins = get_plan(cfg).ra_bins if step in ("targets", "combine", "plots") else None
     return workflow.rule_io(step, cfg, job.get("obs"), job.get("ra_bin"), ra_bins)
 
@@ -132,7 +130,7 @@ def rule_main(step: str, doc: str, snakemake=None, argv: list[str] | None = None
         ap.add_argument("--log", default=None, help="also log to this file")
         args = ap.parse_args(argv)
         _setup_logging(args.log)
-        cfg = _planned(step, vconfig.load_config(args.configfile, _parse_overrides(args.set)))
+        cfg = _planned(step, vconfig.workflow_config(args.configfile, _parse_overrides(args.set)))
         job = {n: getattr(args, n) for n in names}
         inputs, outputs = _standalone_io(step, cfg, job)
     for out in (o for v in outputs.values() for o in ([v] if isinstance(v, str) else v)):

@@ -100,12 +100,12 @@ def image_jobs(cfg: dict, paths: Paths) -> list[Job]:
     democam_rb = cfg["scoring"]["algorithm"] == "democam_rb"
     out = []
 
-    def add(rule, exposure=None, ccd=None, filt=None, fld=None):
-        io = image_rules.rule_io(rule, cfg, exposure, ccd, filt, fld, paths=paths)
-        wc = {"exposure": exposure, "ccd": ccd, "filter": filt, "field": fld}
+    def add(rule, exposure=None, ccd=None, filt=None):
+        io = image_rules.rule_io(rule, cfg, exposure, ccd, filt, paths=paths)
+        wc = {"exposure": exposure, "ccd": ccd, "filter": filt}
         out.append(Job(rule, {k: v for k, v in wc.items() if v is not None}, _outputs(io[1]), io))
 
-    for c in ccds:
+    for c in ccds if plan.bias else ():  # calibrated images have no calibration frames
         add("master_bias", ccd=c)
         for f in sorted(set(filt_of.values())):
             add("master_flat", ccd=c, filt=f)
@@ -113,10 +113,7 @@ def image_jobs(cfg: dict, paths: Paths) -> list[Job]:
         for c in ccds:
             for rule in ("preprocess", "extract", "astrometry", "zero_point", "ingest_images"):
                 add(rule, e, c, filt_of[e])
-    for (fld, f) in sorted(set(news.values())):  # the references the new exposures need
-        for c in ccds:
-            add("references", ccd=c, filt=f, fld=fld)
-    per_new = ["subtraction", "detection", "cutouts", "measurements", "scoring", "association", "efficiency"]
+    per_new = ["references", "subtraction", "detection", "cutouts", "measurements", "scoring", "association", "efficiency"]
     for e in news:
         for c in ccds:
             for rule in per_new + (["rb_training_set"] if democam_rb else []):
@@ -301,6 +298,27 @@ def format_table(rows: list[StepStatus], problems: int = 0) -> str:
         for state, path, why in st.problems[:problems]:
             lines.append(f"    {state}: {path}: {why}")
     lines.append("* = the hash of this config; other rows: earlier configs' folders and database rows")
+    return "\n".join(lines)
+
+
+def reference_table(cfg: dict) -> str:
+    """The reference plan as text: each new image (exposure, CCD), its filter and patch of sky,
+    and the reference images coadded onto its grid; then the exposures not subtracted."""
+    plan = get_plan(cfg)
+    pol = cfg["references"]
+    lines = [f"references: select {pol['select']} (first {pol['first']}, before {pol['before']}, range "
+             f"{pol['date_range']}, listed {len(pol['images'])}), best {pol['best']} by {pol['rank']}, "
+             f"min_overlap {pol['min_overlap']}, min_images {pol['min_images']}"]
+    news = plan.new_exposures()
+    for e, (patch, filt) in news.items():
+        for c in plan.ccds:
+            refs = plan.reference_images(e, c)
+            lines.append(f"  {e} {c} [{filt}, {patch}] <- "
+                         + (", ".join(f"{r} {rc}" for r, rc in refs) if refs else "none overlaps: not subtracted"))
+    if plan.unreferenced:
+        lines.append(f"  not subtracted (no reference overlaps them): {', '.join(plan.unreferenced)}")
+    if not news:
+        lines.append("  no new image has a reference")
     return "\n".join(lines)
 
 

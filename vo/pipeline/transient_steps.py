@@ -19,38 +19,51 @@ log = logging.getLogger("vo.images")
 
 
 @skippable("references")
-def run_references(cfg: dict, field: str, filt: str, ccd: str, inputs: dict, outputs: dict) -> None:
-    """Coadd the reference epochs of one field, filter and CCD onto the best-seeing input's grid.
+def run_references(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
+    """Coadd the reference images overlapping new image ``exposure`` ``ccd`` (chosen by the
+    reference policy, :mod:`vo.images.reference.pairing`) onto the grid of its planned footprint.
 
-    Inputs whose astrometry or zero point failed are left out (logged); with no good input (or
-    too few) the reference is skipped and so are the subtractions that need it."""
+    The grid comes from the plan (header WCS grown by ``references.grid_margin``), not from the new
+    image's products: the job needs only the reference images', so it stays outside the new
+    image's group of per-CCD jobs.  Inputs whose astrometry, zero point or PSF failed are left out
+    (logged); with no reference image overlapping, no good input or too few, the reference is
+    skipped (with the reasons) and so are the steps that need it."""
     from vo.images.reference.align import with_wcs
     from vo.images.astrometry import read_wcs
     from vo.images.reference.coadd import ReferenceError, build_reference, write_reference
+    from vo.images.reference.pairing import grid_wcs
     from vo.images.image import read_image
     from vo.images.extract.psf import read_psf
     from vo.images.photometry.zeropoint import read_zp
+    from vo.pipeline.plan import get_plan
 
-    images, psfs, zps = [], [], []
+    name = f"reference of {exposure} {ccd}"
+    grid = get_plan(cfg).coadd_grid(exposure, ccd)
+    if not inputs["image"] or grid is None:
+        raise SkipProduct(f"{name}: no reference image covers {cfg['references']['min_overlap']} of it "
+                          f"(references.min_overlap) under the reference policy (references.select)")
+    images, psfs, zps, left_out = [], [], [], []
     for img, psf, wcs, zp in zip(inputs["image"], inputs["psf"], inputs["wcs"], inputs["zp"]):
         sol, z, model = read_wcs(wcs), read_zp(zp), read_psf(psf)
         if not (sol.ok and z.ok and model.ok):
-            log.warning("reference %s %s %s: leaving out %s (%s)", field, filt, ccd, img,
-                        sol.reason or z.reason or model.why)
+            why = "; ".join(r for ok, r in ((sol.ok, sol.reason), (z.ok, z.reason), (model.ok, model.why)) if not ok)
+            left_out.append(f"{img}: {why}")
+            log.warning("%s: leaving out %s (%s)", name, img, why)
             continue
         images.append(with_wcs(read_image(img), sol.wcs))
         psfs.append(model)
         zps.append(z.zp)
     if not images:
-        raise SkipProduct(f"reference {field} {filt} {ccd}: no input with a good WCS, zero point and PSF")
-    best = min(range(len(images)), key=lambda i: float(psfs[i].fwhm()))
+        raise SkipProduct(f"{name}: no input with a good WCS, zero point and PSF ({' | '.join(left_out)})")
+    target, shape = grid_wcs(grid)
     try:
-        ref = build_reference(images, psfs, zps, images[best].wcs, images[best].sci.shape, cfg["references"],
-                              cfg["extraction"], name=f"reference {field} {filt} {ccd}")
+        ref = build_reference(images, psfs, zps, target, shape, cfg["references"], cfg["extraction"], name=name)
     except ReferenceError as exc:
         raise SkipProduct(str(exc)) from exc
+    ref.image.header["CCD"] = (ccd, "the new image's CCD")
+    ref.image.header["REFFOR"] = (exposure, "the new exposure this reference is for")
     write_reference(outputs, ref, file_attrs(cfg, "references"))
-    log.info("reference %s %s %s: %d images, zp %.3f", field, filt, ccd, ref.n_images, ref.zp)
+    log.info("%s: %d images %s, zp %.3f", name, ref.n_images, ref.meta["inputs"], ref.zp)
 
 
 @skippable("subtraction")
@@ -60,7 +73,7 @@ def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
     Skipped (flagged, see :func:`skippable`) when the new image's astrometry or zero point failed,
     its PSF model failed its check, the reference does not overlap it, or the pair cannot be
     subtracted (too few unflagged pixels in common, too few stars for Alard-Lupton)."""
-    from vo.images.reference.align import align_image, with_wcs
+    from vo.images.reference.align import align_image, on_grid, with_wcs
     from vo.images.astrometry import read_wcs
     from vo.images.reference.coadd import read_reference
     from vo.images.image import read_image, write_image
@@ -81,7 +94,10 @@ def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
         raise SkipProduct(f"{exposure} {ccd}: cannot subtract: the reference's PSF model is flagged "
                           f"({ref.psf.why}) in {inputs['ref_psf']}")
     try:
-        aligned, ref_psf = align_image(ref.image, new.wcs, new.sci.shape, psf=ref.psf)
+        if on_grid(ref.image, new.wcs, new.sci.shape):  # coadded on this image's grid
+            aligned, ref_psf = ref.image, ref.psf
+        else:
+            aligned, ref_psf = align_image(ref.image, new.wcs, new.sci.shape, psf=ref.psf)
         if not (aligned.flags == 0).any():
             raise SubtractionError(f"{inputs['ref_image']} does not overlap {exposure} {ccd}")
         diff = subtract(new, aligned, new_psf, ref_psf, zp.zp, ref.zp, cfg["subtraction"],
@@ -132,7 +148,8 @@ def run_cutouts(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict)
 
 @skippable("measurements")
 def run_measurements(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
-    """Fluxes, shapes, dipole and bad-pixel measures of each candidate, with the analytic cuts."""
+    """Fluxes, shapes, dipole and bad-pixel measures of each candidate, with the analytic cuts; PSF
+    fluxes with the difference's PSF where each candidate is (a spatially varying PSF)."""
     from vo.images.detect.cutouts import read_cutouts
     from vo.images.detect import read_candidates
     from vo.images.extract import read_sources
@@ -140,8 +157,12 @@ def run_measurements(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: 
     from vo.images.subtract import read_difference
     from vo.images.photometry.zeropoint import read_zp
 
-    table = measure(read_cutouts(inputs["cutouts"]), read_candidates(inputs["candidates"]),
-                    read_difference(inputs["difference"]).psf, read_zp(inputs["zp"]).zp,
+    from vo.images.extract.psf import read_psf
+    from vo.images.subtract.tiles import LocalPSF
+
+    local = LocalPSF(read_difference(inputs["difference"]), read_psf(inputs["psf"]))  # each one's own PSF
+    table = measure(read_cutouts(inputs["cutouts"]), read_candidates(inputs["candidates"]), local,
+                    read_zp(inputs["zp"]).zp,
                     read_sources(inputs["ref_sources"]), cfg["measurements"],
                     pixel_scale=instrument(cfg).pixel_scale)
     write_measurements(outputs["measurements"], table, file_attrs(cfg, "measurements"))
@@ -239,10 +260,11 @@ def run_efficiency_summary(cfg: dict, inputs: dict, outputs: dict) -> None:
         else:
             log.warning("efficiency_summary: leaving out %s (skipped: %s)", f, why)
     if not tables:
-        raise ValueError(f"efficiency_summary: every efficiency table is skipped ({len(inputs['efficiency'])} files)")
+        log.warning("efficiency_summary: every efficiency table is skipped (%d files): an empty summary",
+                    len(inputs["efficiency"]))
     table = inject.combine_efficiency(tables)
     inject.write_efficiency(outputs["summary"], table, file_attrs(cfg, "injection"))
-    inject.plot_efficiency(outputs["plot"], table)
+    inject.plot_efficiency(outputs["plot"], table, "" if tables else "no efficiency: every CCD image skipped")
     log.info("efficiency over %d CCD images: %d of %d fakes recovered; 50%% at mag %.2f", len(tables),
              table.meta["N_FOUND"], table.meta["N_FAKES"], table.meta["MAG50"])
 
@@ -305,8 +327,9 @@ def run_association(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
     from vo.ingest import transients as ingest_transients
 
     eng = vengine.engine_from_config(cfg)
-    field, filt = new_exposures(cfg)[exposure]
-    ingest_transients.ingest_reference(eng, cfg, cfg["images"]["instrument"], field, filt, ccd,
+    _, filt = new_exposures(cfg)[exposure]
+    # a reference is coadded on one new image's grid: its row's "field" is that exposure
+    ingest_transients.ingest_reference(eng, cfg, cfg["images"]["instrument"], exposure, filt, ccd,
                                        {"image": inputs["reference_image"], "psf": inputs["reference_psf"],
                                         "sources": inputs["reference_sources"]})
     counts = ingest_transients.ingest_transient_products(eng, cfg, cfg["images"]["instrument"], exposure, ccd,

@@ -192,18 +192,16 @@ rule references:
     input:
         unpack(iio("references", "in")),
     output:
-        image=ipattern("reference") + ".image.fits",
-        psf=ipattern("reference") + ".psf.fits",
-        sources=ipattern("reference") + ".sources.fits",
-    wildcard_constraints:
-        field=_alt(sorted({f for f, _ in REFERENCE_SETS})) if REFERENCE_SETS else "NONE",
+        **iouts(image="reference_image", psf="reference_psf", sources="reference_sources"),
     log:
-        ilog("references", "field", "filter", "ccd", "vc"),
+        ilog("references", "exposure", "ccd", "vc"),
     benchmark:
-        bench_path("references", "field", "filter", "ccd", "vc")
+        bench_path("references", "exposure", "ccd", "vc")
+    # not in the "ccd" group: it reads other exposures' CCDs, which would join their group jobs
+    threads: ITHREADS
     resources:
-        mem_mb=mem(6000),
-        runtime=runtime(30),
+        mem_mb=imem(6000),
+        runtime=iruntime(30),
     conda:
         "../../environment.yml"
     script:

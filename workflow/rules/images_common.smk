@@ -1,4 +1,4 @@
-# Image pipeline set-up: exposures, CCDs, filters, reference sets and input functions.
+# Image pipeline set-up: exposures, CCDs, filters, new exposures and input functions.
 import re
 
 from vo.pipeline import image_io as image_rules
@@ -15,7 +15,7 @@ ICFG = PLAN.image_config(CFG)
 IP = Paths(ICFG)
 EXPOSURE_FILTER = PLAN.filters
 FILTERS = sorted(set(EXPOSURE_FILTER.values()))
-CAL_NAMES = CALIB["bias"] + [n for f in FILTERS for n in CALIB["flat"][f]]
+CAL_NAMES = CALIB["bias"] + [n for f in FILTERS for n in CALIB["flat"].get(f, [])]
 
 
 def _alt(names):
@@ -40,7 +40,7 @@ def iio(step, part, key=None):
         ccds = CCDS if step in EXPOSURE_JOBS else [wildcards.get("ccd")]
         files = _merge([image_rules.rule_io(step, ICFG, exposure, c,
                                             wildcards.get("filter") or EXPOSURE_FILTER.get(exposure),
-                                            wildcards.get("field"), paths=IP)[0 if part == "in" else 1]
+                                            paths=IP)[0 if part == "in" else 1]
                         for c in ccds])
         if EXPOSURE_JOBS:
             files = {k: ifolders(v) for k, v in files.items()}
@@ -112,7 +112,6 @@ def ilog(rule_name, *names):
     return log_path(rule_name, *names)
 
 
-REFERENCE_SETS = PLAN.reference_sets()
 NEW_EXPOSURES = PLAN.new_exposures()
 
 
@@ -120,6 +119,7 @@ onstart:
     no_reference = PLAN.unreferenced
     if no_reference:
         logger.warning(
-            f"{len(no_reference)} exposure(s) have no reference for their field and filter and are "
+            f"{len(no_reference)} exposure(s) are neither references nor overlapped by enough references "
+            f"(references.min_images) and are "
             f"calibrated but not subtracted: {', '.join(no_reference)}"
         )

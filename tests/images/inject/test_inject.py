@@ -198,8 +198,12 @@ def test_combined_efficiency_equals_one_table_of_all_fakes(tmp_path):
     assert back.meta["MAG50"] == pytest.approx(comb.meta["MAG50"]) and list(back["n_detected"]) == list(comb["n_detected"])
     I.plot_efficiency(tmp_path / "s.png", comb)
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="no efficiency table"):
-        I.combine_efficiency([])
+    # every CCD skipped: an empty summary that is still written, read back and plotted
+    empty = I.combine_efficiency([])
+    assert len(empty) == 0 and empty.meta["N_FAKES"] == 0 and np.isnan(empty.meta["MAG50"])
+    I.write_efficiency(tmp_path / "e.fits", empty)
+    assert len(I.read_efficiency(tmp_path / "e.fits")) == 0 and np.isnan(I.read_efficiency(tmp_path / "e.fits").meta["MAG50"])
+    I.plot_efficiency(tmp_path / "e.png", empty, "no efficiency: every CCD image skipped")
 
 
 def test_files_and_errors(tmp_path):

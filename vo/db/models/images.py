@@ -193,10 +193,12 @@ class CatalogExcerpt(FileMixin, SkyPositionMixin, TimestampMixin, Base):
 
 # -- image pipeline II: references, subtractions, detections, objects -------------------------
 class Reference(FileMixin, BadnessMixin, TimestampMixin, Base):
-    """A deep reference coadd of one field, filter and CCD (``{ccd}.ref.fits``).
+    """A deep reference coadd (``{exposure}/{ccd}.ref.image.fits``): the reference images that
+    overlap one new image, coadded over its footprint.
 
-    The pipeline finds the reference of a new image by ``(instrument, field, filter, ccd)``
-    and the references step's provenance; ``ra``/``dec`` are the centre of its grid (no
+    ``field`` is the new exposure it was made for (with ``ccd``: the new image), so the pipeline
+    finds the reference of a new image by ``(instrument, field, filter, ccd)`` and the references
+    step's provenance; ``ra``/``dec`` are the centre of its grid (no
     cone-search index: ``references`` is an SQL keyword, which the raw q3c index DDL of
     :func:`vo.db.migrate.init_db` does not quote).
     """

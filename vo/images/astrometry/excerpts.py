@@ -225,7 +225,8 @@ def get_excerpt(paths, cfg: dict, footprint_radec, fetcher) -> Table:
     catalog, nside = pars["catalog"], _check_nside(pars["nside"])
     margin, mag_limit = float(pars["margin"]), float(pars["mag_limit"])
     pix = tiles_for_footprint(footprint_radec, nside, margin)
-    tiles = [Tile(catalog, nside, int(p), paths.excerpt_tile(catalog, int(tile_uniq(nside, p))))
+    cache = getattr(fetcher, "cache_name", None) or catalog  # an offline file set has its own cache
+    tiles = [Tile(catalog, nside, int(p), paths.excerpt_tile(cache, int(tile_uniq(nside, p))))
              for p in pix]
     tables = []
     for tile in tiles:
@@ -371,6 +372,38 @@ class TableFetcher:
         if tile.nside not in self._pix:
             self._pix[tile.nside] = healpix_of(self.catalog["ra"], self.catalog["dec"], tile.nside)
         return self.catalog[self._pix[tile.nside] == tile.ipix]
+
+
+def file_fetcher(patterns: list[str], catalog: str) -> TableFetcher:
+    """A :class:`TableFetcher` over FITS tables with Gaia columns matched by glob ``patterns``
+    (an offline catalog, e.g. legacypipe's ``gaia/chunk-*.fits``): read on first use, ``bp_rp``
+    made from the BP and RP magnitudes where absent; cached apart from the archive's tiles
+    (``{catalog}_files{hash}``), since the files hold only part of the sky."""
+    import glob
+    import hashlib
+
+    files = sorted({p for pattern in patterns for p in glob.glob(pattern, recursive=True)})
+    if not files:
+        raise ExcerptError(f"catalog_excerpts.files {patterns}: no file matches")
+
+    def load() -> Table:
+        tables = []
+        for f in files:
+            try:
+                t = Table.read(f)
+            except (OSError, ValueError) as exc:
+                raise ExcerptError(f"{f}: not a readable catalog table ({exc})") from exc
+            missing = [c for c in ("ra", "dec", "phot_g_mean_mag") if c not in t.colnames]
+            if missing:
+                raise ExcerptError(f"{f}: catalog table lacks the columns {missing}")
+            if "bp_rp" not in t.colnames and {"phot_bp_mean_mag", "phot_rp_mean_mag"} <= set(t.colnames):
+                t["bp_rp"] = t["phot_bp_mean_mag"] - t["phot_rp_mean_mag"]
+            tables.append(t)
+        return vstack(tables, metadata_conflicts="silent", join_type="inner")
+
+    fetcher = TableFetcher(load, name=f"catalog files {patterns}")
+    fetcher.cache_name = f"{catalog}_files{hashlib.sha256(json.dumps(files).encode()).hexdigest()[:8]}"
+    return fetcher
 
 
 # -- the archive's JSON ----------------------------------------------------------------------

@@ -277,9 +277,11 @@ def combine_efficiency(tables: list[Table]) -> Table:
     ``flux_bias`` is the mean of the tables' bin medians weighted by their detections (its error
     propagated the same way), ``median_snr`` the injection-weighted mean.  ``meta["MAG50"]``: the
     magnitude where the efficiency falls through 50% (linear interpolation; NaN if it never does).
+    No table (every CCD skipped): a table with no bins.
     """
-    if not tables:
-        raise ValueError("combine_efficiency: no efficiency table to combine")
+    n_tables = len(tables)
+    if not tables:  # every CCD skipped: an empty table (N_FAKES 0, MAG50 NaN)
+        tables = [Table({k: np.zeros(0) for k in ("mag_lo", "mag_hi", "n_injected", "n_detected")})]
     lo = np.round(np.concatenate([np.asarray(t["mag_lo"], float) for t in tables]), 6)
     hi = np.round(np.concatenate([np.asarray(t["mag_hi"], float) for t in tables]), 6)
     col = {k: np.concatenate([np.asarray(t[k], float) if k in t.colnames else np.full(len(t), np.nan)
@@ -306,7 +308,7 @@ def combine_efficiency(tables: list[Table]) -> Table:
     out["n_injected"], out["n_detected"] = n_inj, n_det
     out["efficiency"], out["efficiency_err"] = eff, err
     out["flux_bias"], out["flux_bias_err"], out["median_snr"] = bias, bias_err, snr
-    out.meta.update({"N_TABLES": len(tables), "N_FAKES": int(n_inj.sum()), "N_FOUND": int(n_det.sum()),
+    out.meta.update({"N_TABLES": n_tables, "N_FAKES": int(n_inj.sum()), "N_FOUND": int(n_det.sum()),
                      "MAG50": mag50(np.asarray(out["mag_mid"]), eff)})
     return out
 
@@ -362,7 +364,8 @@ def write_table(path: str | os.PathLike, table: Table, extname: str, attrs: dict
     hdu = fits.BinTableHDU(t, name=extname)
     for key, value in table.meta.items():
         if len(key) <= 8 and isinstance(value, (int, float, str, bool)):
-            hdu.header[key] = value
+            # FITS has no NaN: an undefined value (read back as NaN)
+            hdu.header[key] = None if isinstance(value, float) and not np.isfinite(value) else value
     write_fits(path, fits.HDUList([fits.PrimaryHDU(), hdu]), attrs)
 
 
@@ -372,7 +375,8 @@ def read_table(path: str | os.PathLike, extname: str, columns=()) -> Table:
         t = Table(hdul[extname].data)
         for key in ("ZP", "N_FAKES", "STAMP", "RADIUS", "N_FOUND", "N_TABLES", "MAG50"):
             if key in hdul[extname].header:
-                t.meta[key] = hdul[extname].header[key]
+                value = hdul[extname].header[key]
+                t.meta[key] = float("nan") if value is None or isinstance(value, fits.card.Undefined) else value
     missing = [c for c in columns if c not in t.colnames]
     if missing:
         raise FitsError(f"{path}: {extname} lacks columns {missing}")

@@ -70,21 +70,6 @@ def raw_name(path: str | Path) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class ReferencePlan:
-    """The references of a run and the new exposures paired with them.
-
-    sets : (field, filter) -> the exposures coadded into that reference, in time order.
-    new : new exposure -> the (field, filter) of its reference, in time order.
-    unreferenced : exposures that should be subtracted but have no reference (too few
-        reference exposures): calibrated and ingested only.
-    """
-
-    sets: dict
-    new: dict
-    unreferenced: list
-
-
 @dataclass
 class RawSection:
     """One section (CCD) of a raw exposure.
@@ -150,6 +135,7 @@ class Instrument:
         "filter": ("FILTER",), "mjd": ("MJD-OBS",), "date": ("DATE-OBS",),
         "exptime": ("EXPTIME",), "ra": ("RA",), "dec": ("DEC",), "airmass": ("AIRMASS",),
         "obstype": ("OBSTYPE",), "section": ("EXTNAME", "CCDNAME", "DETPOS"),
+        "seeing": ("SEEING", "FWHM"), "depth": ("PHOTDPTH", "MAGLIM", "DEPTH"),
     }
     #: used when a header has no gain / read-noise keyword
     default_gain = 1.0
@@ -188,6 +174,13 @@ class Instrument:
                         flat.setdefault(t["filter"], []).append(n)
         return {"bias": list(bias), "flat": {f: list(v) for f, v in flat.items()}}
 
+    def input_files(self) -> list[Path]:
+        """The files the run's plan depends on: the raw folder's (their names, sizes and times
+        enter the plan's key, :func:`vo.pipeline.plan.plan_key`)."""
+        from vo.paths import Paths
+        folder = Paths(self.cfg).raw_exposure(self.name, "x").parent
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+
     def _scan_raw(self, cfg: dict) -> dict:
         """Raw files of the instrument's raw folder: name -> {kind, filter} (sorted by name)."""
         from vo.paths import Paths
@@ -202,11 +195,46 @@ class Instrument:
             out.setdefault(info["exposure"], {"kind": info["kind"], "filter": info["filter"]})
         return out
 
-    def reference_plan(self, cfg: dict, exposures: list[str]) -> ReferencePlan:
-        """Which of ``exposures`` build references and which are subtracted from one.  The base
-        instrument plans none (its exposures are calibrated, not subtracted); a camera whose
-        exposures say which are references (DemoCam's epochs) overrides this."""
-        return ReferencePlan({}, {}, [])
+    def image_rows(self, cfg: dict, exposures: list[str], ccds: list[str]) -> list[dict]:
+        """Per image (CCD ``ccds`` of each exposure) what reference planning needs
+        (:meth:`header_row`; :mod:`vo.images.reference.pairing`).  Reads the raw headers only."""
+        from vo.paths import Paths
+
+        paths, wanted, rows = Paths(cfg), set(ccds), []
+        for exposure in exposures:
+            path = self.raw_path(paths, exposure)
+            with open_raw(path) as hdul:
+                for hdu in hdul:
+                    if hdu.header.get("NAXIS", 0) < 2 and not isinstance(hdu, fits.CompImageHDU):
+                        continue
+                    ccd = self.section_name_of(hdu.header)
+                    if ccd in wanted:
+                        rows.append(self.header_row(exposure, ccd, hdul[0].header, hdu, path))
+        return rows
+
+    def header_row(self, exposure: str, ccd: str, primary: fits.Header, hdu, path) -> dict:
+        """Exposure, ccd, filter, mjd, seeing and depth (as the headers give them, NaN when absent;
+        they only rank images of one camera), the footprint's four sky corners (deg, from the
+        header WCS) and the shape (ny, nx) of one image HDU."""
+        from astropy.wcs import WCS, FITSFixedWarning
+        from vo.sky import corners
+
+        header = hdu.header if hdu.header is primary else merge_headers(primary, hdu.header)
+        info = self.exposure_info([primary, header], exposure, path)
+        nx = int(header.get("ZNAXIS1", header.get("NAXIS1", 0)))
+        ny = int(header.get("ZNAXIS2", header.get("NAXIS2", 0)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            try:
+                wcs = WCS(header, naxis=2)
+            except Exception as exc:  # astropy raises several kinds for bad WCS cards
+                raise FitsError(f"{path}[{ccd}]: no usable WCS in the header ({exc})") from exc
+        if not wcs.has_celestial:
+            raise FitsError(f"{path}[{ccd}]: no celestial WCS (CTYPE1/2) in the header: the image cannot "
+                            f"be placed on the sky")
+        return {**info, "ccd": ccd, "corners": corners(wcs, nx, ny), "shape": (ny, nx),
+                "seeing": _float_or_nan(self._get([header], "seeing")),
+                "depth": _float_or_nan(self._get([header], "depth"))}
 
     def catalog_fetcher(self):
         """A reference-catalog fetcher of the instrument's own (a simulated camera's catalog), or

@@ -122,13 +122,20 @@ def _check_inputs(images, psfs, zps, p) -> list[str]:
     if not (len(images) == len(psfs) == len(zps)):
         raise ReferenceError(f"reference: {len(images)} images, {len(psfs)} PSFs and {len(zps)} zero points "
                              "must be as many")
-    if len(images) < int(p["min_images"]):
-        raise ReferenceError(f"reference: {len(images)} images ({names}) < references.min_images = "
-                             f"{p['min_images']}")
+    _check_depth(images, names, p)
     bad = [n for n, z in zip(names, zps) if not np.isfinite(float(z))]
     if bad:
         raise ReferenceError(f"reference: no valid zero point for {bad} (failed calibration): leave them out")
     return names
+
+
+def _check_depth(images, names, p, what: str = "images") -> None:
+    """``references.min_images`` counts exposures: two CCDs of one exposure covering parts of the
+    grid add no depth."""
+    exposures = {str(im.header.get("EXPOSURE", n)) for im, n in zip(images, names)}
+    if len(exposures) < int(p["min_images"]):
+        raise ReferenceError(f"reference: {len(images)} {what} of {len(exposures)} exposure(s) ({names}) "
+                             f"< references.min_images = {p['min_images']}")
 
 
 def build_reference(images: list[Image], psfs: list[PSFModel], zps: list[float], target_wcs: WCS,
@@ -158,7 +165,7 @@ def build_reference(images: list[Image], psfs: list[PSFModel], zps: list[float],
     vnum = np.zeros((ny, nx), np.float32)
     count = np.zeros((ny, nx), np.int16)
     flag_or = np.zeros((ny, nx), pixflags.DTYPE)
-    scales, weights, sigmas, neas, ncorr, acfs = [], [], [], [], [], []
+    scales, weights, sigmas, neas, ncorr, acfs, off_grid, used = [], [], [], [], [], [], [], []
     for im, psf, zp_i, nm in zip(images, psfs, zps, names):
         s = 10 ** (0.4 * (zp - zp_i))
         sigma, nea = sky_noise(im), psf_nea(psf)
@@ -166,7 +173,11 @@ def build_reference(images: list[Image], psfs: list[PSFModel], zps: list[float],
         try:
             al = align_image(subtract_background(im, int(p["background_mesh"])), target_wcs, (ny, nx))
         except ValueError as exc:
-            raise ReferenceError(f"reference {name}: input {nm}: {exc}") from exc
+            if "no overlap" not in str(exc):
+                raise ReferenceError(f"reference {name}: input {nm}: {exc}") from exc
+            off_grid.append(nm)  # planned from header WCSs; the solved WCS puts it off the grid
+            continue
+        used.append((im, nm, zp_i))
         good = al.flags == 0
         num += np.where(good, np.float32(a * s) * al.sci, 0)
         den += np.where(good, np.float32(a), 0)
@@ -180,6 +191,11 @@ def build_reference(images: list[Image], psfs: list[PSFModel], zps: list[float],
         rho = read_noise_acf(al.header)
         if rho is not None:  # covariance contributed to the coadd: (a s)^2 var rho
             acfs.append(float(a * a * s * s) * float(np.median(var[::7, ::7][good[::7, ::7]])) * rho)
+    if off_grid:
+        if not used:
+            raise ReferenceError(f"reference {name}: no overlap between the inputs and the grid ({off_grid})")
+        _check_depth([u[0] for u in used], [u[1] for u in used], p, "images on the grid")
+        images, names, zps = [u[0] for u in used], [u[1] for u in used], [u[2] for u in used]
     ok = (count >= int(p["min_coverage"])) & (den > 0)
     sci = np.zeros((ny, nx), np.float32)
     weight = np.zeros((ny, nx), np.float32)
@@ -197,7 +213,7 @@ def build_reference(images: list[Image], psfs: list[PSFModel], zps: list[float],
     ex = extract(coadd, extraction, name=f"{name} ({len(images)} images)")
     meta = {"inputs": names, "zps": zps, "scales": scales, "weights": list(w), "sky_sigma": sigmas,
             "nea": neas, "ncorr": float(header["NCORR"]), "fwhm": ex.meta["fwhm"],
-            "coverage_fraction": float(ok.mean())}
+            "coverage_fraction": float(ok.mean()), "off_grid": off_grid}
     return Reference(image=coadd, psf=ex.psf, zp=zp, n_images=len(images), meta=meta, sources=ex.sources)
 
 

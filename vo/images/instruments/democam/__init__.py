@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vo.images.instruments.base import Instrument, ReferencePlan, Slices
+from vo.images.instruments.base import Instrument, Slices
 from vo.images.instruments.democam import plan
 
 
@@ -39,20 +39,27 @@ class DemoCam(Instrument):
     def calibration_names(self, cfg: dict) -> dict:
         return plan.calibration_names(cfg)
 
-    def reference_plan(self, cfg: dict, exposures: list[str]) -> ReferencePlan:
-        """The first ``DemoCam.reference_epochs`` exposures of each field and filter build its
-        reference (when there are ``references.min_images``); the later ones are new."""
-        n_ref = cfg["DemoCam"]["reference_epochs"]
-        parsed = {e: plan.parse_exposure(cfg, e) for e in exposures}
-        sets: dict[tuple[str, str], list[str]] = {}
-        for e, (field, filt, index) in parsed.items():
-            if index < n_ref:
-                sets.setdefault((f"f{field:02d}", filt), []).append(e)
-        sets = {k: v for k, v in sets.items() if len(v) >= cfg["references"]["min_images"]}
-        later = [e for e, (_, _, index) in parsed.items() if index >= n_ref]
-        new = {e: (f"f{parsed[e][0]:02d}", parsed[e][1]) for e in later}
-        return ReferencePlan(sets, {e: k for e, k in new.items() if k in sets},
-                             [e for e, k in new.items() if k not in sets])
+    def image_rows(self, cfg: dict, exposures: list[str], ccds: list[str]) -> list[dict]:
+        """Footprints, times, seeing (arcsec) and 5-sigma depth (mag) of the planned exposures'
+        CCDs, from the plan and the WCS its raw headers will carry (no file is read)."""
+        from astropy.wcs import WCS
+        from vo.sky import corners
+
+        fp = plan.focal_plane(cfg)
+        geometry = {g.name: g for g in fp.ccds}
+        scale = float(self.pars["pixel_scale"])
+        rows = []
+        for exposure in exposures:
+            x = plan.exposure_plan(cfg, exposure)
+            sigma_pix = x["fwhm"] / scale / 2.3548
+            depth = x["zp"] - 2.5 * np.log10(5.0 * np.sqrt(4.0 * np.pi * sigma_pix ** 2 * x["sky"]))
+            for ccd in ccds:
+                g = geometry[ccd]
+                wcs = WCS(plan.ccd_wcs_header(cfg, fp, g, x["header_ra"], x["header_dec"], x["header_rotation"]))
+                rows.append({"exposure": exposure, "ccd": ccd, "filter": x["filter"], "mjd": x["mjd"],
+                             "seeing": x["fwhm"], "depth": float(depth), "corners": corners(wcs, g.nx, g.ny),
+                             "shape": (g.ny, g.nx)})
+        return rows
 
     def catalog_fetcher(self):
         """Tiles of the simulated Gaia-like catalog (offline)."""
