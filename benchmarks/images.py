@@ -13,7 +13,8 @@ epoch, each in a FRESH subprocess pinned to one core (``taskset -c 0`` where ava
 
 * preprocess (raw + master bias/flat -> image FITS), extract (image -> sources, PSF,
   background), astrometry (excerpt from the cache + WCS fit), zero point;
-* ingest_images (the CCD's products into the SQLite database), subtraction (align the
+* ingest_images (the CCD's products into the SQLite database), references (the reference
+  epochs' CCDs coadded over the new CCD's planned footprint: one job per new CCD), subtraction (align the
   reference + ZOGY + both FITS written), detection, cutouts, measurements, scoring
   (``democam_rb``), association (ingest of the transient products + objects), alerts (AVRO
   file of the one-CCD exposure);
