@@ -73,7 +73,7 @@ def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
     Skipped (flagged, see :func:`skippable`) when the new image's astrometry or zero point failed,
     its PSF model failed its check, the reference does not overlap it, or the pair cannot be
     subtracted (too few unflagged pixels in common, too few stars for Alard-Lupton)."""
-    from vo.images.reference.align import align_image, on_grid, with_wcs
+    from vo.images.reference.align import align_image, with_wcs
     from vo.images.astrometry import read_wcs
     from vo.images.reference.coadd import read_reference
     from vo.images.image import read_image, write_image
@@ -94,10 +94,7 @@ def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
         raise SkipProduct(f"{exposure} {ccd}: cannot subtract: the reference's PSF model is flagged "
                           f"({ref.psf.why}) in {inputs['ref_psf']}")
     try:
-        if on_grid(ref.image, new.wcs, new.sci.shape):  # coadded on this image's grid
-            aligned, ref_psf = ref.image, ref.psf
-        else:
-            aligned, ref_psf = align_image(ref.image, new.wcs, new.sci.shape, psf=ref.psf)
+        aligned, ref_psf = align_image(ref.image, new.wcs, new.sci.shape, psf=ref.psf)
         if not (aligned.flags == 0).any():
             raise SubtractionError(f"{inputs['ref_image']} does not overlap {exposure} {ccd}")
         diff = subtract(new, aligned, new_psf, ref_psf, zp.zp, ref.zp, cfg["subtraction"],

@@ -174,17 +174,20 @@ class Instrument:
                         flat.setdefault(t["filter"], []).append(n)
         return {"bias": list(bias), "flat": {f: list(v) for f, v in flat.items()}}
 
+    def raw_folder(self) -> Path:
+        """The instrument's raw folder, ``{data_root}/{INSTRUMENT}/raw``."""
+        from vo.paths import Paths
+        return Paths(self.cfg).raw_exposure(self.name, "x").parent
+
     def input_files(self) -> list[Path]:
         """The files the run's plan depends on: the raw folder's (their names, sizes and times
         enter the plan's key, :func:`vo.pipeline.plan.plan_key`)."""
-        from vo.paths import Paths
-        folder = Paths(self.cfg).raw_exposure(self.name, "x").parent
+        folder = self.raw_folder()
         return sorted(folder.iterdir()) if folder.is_dir() else []
 
     def _scan_raw(self, cfg: dict) -> dict:
         """Raw files of the instrument's raw folder: name -> {kind, filter} (sorted by name)."""
-        from vo.paths import Paths
-        folder = Paths(cfg).raw_exposure(self.name, "x").parent
+        folder = self.raw_folder()
         out = {}
         if not folder.is_dir():
             return out
@@ -204,13 +207,15 @@ class Instrument:
         for exposure in exposures:
             path = self.raw_path(paths, exposure)
             with open_raw(path) as hdul:
-                for hdu in hdul:
-                    if hdu.header.get("NAXIS", 0) < 2 and not isinstance(hdu, fits.CompImageHDU):
-                        continue
-                    ccd = self.section_name_of(hdu.header)
+                for ccd, i in self.data_hdus(hdul, path):
                     if ccd in wanted:
-                        rows.append(self.header_row(exposure, ccd, hdul[0].header, hdu, path))
+                        rows.append(self.header_row(exposure, ccd, hdul[0].header, hdul[i], path))
         return rows
+
+    def data_hdus(self, hdul: fits.HDUList, path: Path) -> list[tuple[str, int]]:
+        """(section, HDU index) of a file's image HDUs, named by :meth:`section_name_of`."""
+        return [(self.section_name_of(h.header), i) for i, h in enumerate(hdul)
+                if h.header.get("NAXIS", 0) >= 2 or isinstance(h, fits.CompImageHDU)]
 
     def header_row(self, exposure: str, ccd: str, primary: fits.Header, hdu, path) -> dict:
         """Exposure, ccd, filter, mjd, seeing and depth (as the headers give them, NaN when absent;

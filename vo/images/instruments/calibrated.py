@@ -29,7 +29,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from vo.images.calibrate.calibrated import KEYWORDS
+from vo.images.calibrate.calibrated import KEYWORDS, instcal_files
 from vo.images.instruments.base import Instrument, open_raw, raw_name
 from vo.io.fits import FitsError
 
@@ -59,10 +59,6 @@ class Calibrated(Instrument):
         self.keywords = _keyword_map(cfg)
 
     # -- files -------------------------------------------------------------------------
-    def raw_folder(self) -> Path:
-        from vo.paths import Paths
-        return Paths(self.cfg).raw_exposure(self.name, "x").parent
-
     def _instcal(self, path: Path) -> bool:
         fmt = self.pars.get("format", "auto")
         return fmt == "instcal" or (fmt == "auto" and "_ooi_" in path.name)
@@ -89,9 +85,7 @@ class Calibrated(Instrument):
         """Every file the plan depends on (the images and the InstCal companions beside them)."""
         out = []
         for path in self.files.values():
-            out.append(path)
-            out += [path.with_name(path.name.replace("_ooi_", f"_{k}_")) for k in ("oow", "ood")
-                    if "_ooi_" in path.name]
+            out += [path, *(p for p in instcal_files(path) if p is not None)]
         return out
 
     def exposure_names(self, cfg: dict) -> list[str]:
@@ -182,16 +176,3 @@ class Calibrated(Instrument):
             h["CAMERA"] = (str(camera), "the camera (its photometric system)")
         h["INSTRUME"] = (self.name, "the run's instrument")
         return image
-
-    def image_rows(self, cfg: dict, exposures: list[str], ccds: list[str]) -> list[dict]:
-        """Footprints and exposure keys of the files' images (headers only)."""
-        rows = []
-        for exposure in exposures:
-            path = self.files[exposure]
-            with open_raw(path) as hdul:
-                hdus = self.data_hdus(hdul, path)
-                primary = hdul[0].header
-                for ccd, i in hdus:
-                    if ccd in ccds:
-                        rows.append(self.header_row(exposure, ccd, primary, hdul[i], path))
-        return rows

@@ -135,18 +135,6 @@ def _to_source(src_wcs: WCS, target_wcs: WCS, x, y) -> tuple[np.ndarray, np.ndar
     return src_wcs.world_to_pixel_values(*target_wcs.pixel_to_world_values(x, y))
 
 
-def on_grid(image: Image, target_wcs: WCS, target_shape, tol: float = 1e-3) -> bool:
-    """True when ``image`` already lies on the grid ``target_wcs``, ``target_shape``: same shape
-    and its WCS maps a 5x5 grid of target pixels to themselves within ``tol`` pix (a reference
-    coadded on a new image's grid needs no resampling)."""
-    ny, nx = (int(v) for v in target_shape)
-    if tuple(image.sci.shape) != (ny, nx):
-        return False
-    X, Y = np.meshgrid(np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5))
-    xs, ys = _to_source(image.wcs, target_wcs, X, Y)
-    return bool(np.all(np.hypot(xs - X, ys - Y) < tol))
-
-
 def pixel_map(src_wcs: WCS, target_wcs: WCS, target_shape, step: int = MAP_STEP) -> PixelMap:
     """Build the :class:`PixelMap` of target grid ``target_shape`` (ny, nx) into the source grid.
 
