@@ -323,3 +323,40 @@ def test_noise_autocorrelation_in_header_matches_resampled_noise():
         assert c_pred == pytest.approx(c_meas, rel=0.08)  # the variance of c_meas itself: ~3%
     assert correlation_factor(kernel, None) == 1.0
     assert correlation_factor(kernel, read_noise_acf(twice.header)) > correlation_factor(kernel, read_noise_acf(once.header))
+
+
+def test_inpaint_fills_rings_from_the_outside_and_the_deep_part_with_the_median():
+    """A large uncovered area (a coadd's margin) is filled ring by ring only where the cubic
+    spline's taps reach (INPAINT_RINGS pixels), the rest with the median of the valid pixels;
+    the result equals the plain ring-by-ring definition computed over every bad pixel."""
+    from vo.images.reference.align import INPAINT_RINGS, _inpaint
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(10, 1, (60, 50)).astype(np.float32)
+    v = rng.uniform(1, 2, (60, 50)).astype(np.float32)
+    bad = np.zeros(a.shape, bool)
+    bad[:20] = True            # a deep margin: 20 rows
+    bad[40, 10] = bad[41, 11] = True  # isolated bad pixels
+    got_a, got_v = _inpaint([a, v], bad)
+
+    def slow(arr):  # the definition: every bad pixel, ring by ring (simultaneous update per pass)
+        out, todo = arr.astype(np.float64), bad.copy()
+        for _ in range(INPAINT_RINGS):
+            new, hit = out.copy(), []
+            for y, x in zip(*np.nonzero(todo)):  # neighbours clipped to the image (edge repeated)
+                nb = [(min(max(y + dy, 0), 59), min(max(x + dx, 0), 49)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+                vals = [out[p] for p in nb if not todo[p]]
+                if vals:
+                    new[y, x] = np.mean(vals)
+                    hit.append((y, x))
+            out = new
+            for y, x in hit:
+                todo[y, x] = False
+        out[todo] = np.median(arr[::7, ::7][~bad[::7, ::7]])
+        return out
+
+    for got, arr in ((got_a, a), (got_v, v)):
+        want = slow(arr)
+        assert np.allclose(got, want, rtol=1e-5)
+        assert np.array_equal(got[~bad], arr[~bad])
+    assert np.all(got_a[:20 - INPAINT_RINGS] == np.median(a[::7, ::7][~bad[::7, ::7]]))

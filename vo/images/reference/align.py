@@ -244,36 +244,44 @@ def resampled_acf(kernel_acf: np.ndarray, rho_in: np.ndarray | None) -> np.ndarr
     return cov / cov[L, L]
 
 
-def _inpaint(arr: np.ndarray, bad: np.ndarray, n_rings: int = INPAINT_RINGS) -> np.ndarray:
-    """Copy of ``arr`` with ``bad`` pixels filled ring by ring from the outside (each pass sets the
-    bad pixels that touch filled ones to the mean of their filled 3x3 neighbours), the pixels deeper
-    than ``n_rings`` to the median of the valid ones.  Only the first rings reach unflagged output
-    pixels, through the cubic spline's decaying tails (weight < 0.5% at 4 pix)."""
-    out = np.array(arr, np.float32, copy=True)
-    iy, ix = np.nonzero(bad)
-    if iy.size == 0:
-        return out
-    ny, nx = arr.shape
+def _inpaint(arrays, bad: np.ndarray, n_rings: int = INPAINT_RINGS) -> list[np.ndarray]:
+    """Copies (float32) of ``arrays`` (same shape) with the ``bad`` pixels filled ring by ring from
+    the outside (each pass sets the bad pixels that touch filled ones to the mean of their filled
+    3x3 neighbours), the pixels deeper than ``n_rings`` to the median of the valid ones.  Only the
+    first rings reach unflagged output pixels, through the cubic spline's decaying tails (weight
+    < 0.5% at 4 pix).  The rings are found once (a binary dilation of the valid pixels) so that a
+    large uncovered area (a coadd's margin: millions of pixels) costs one dilation, not ``n_rings``
+    passes over every bad pixel (6.6 s -> 0.3 s on a 5000x3000 grid with a 450-pix margin)."""
+    outs = [np.array(a, np.float32, copy=True) for a in arrays]
+    if not bad.any():
+        return outs
+    ny, nx = bad.shape
+    near = bad & ndimage.binary_dilation(~bad, structure=np.ones((3, 3), bool), iterations=n_rings)
+    sub = ~bad[::7, ::7]
+    for out, arr in zip(outs, arrays):
+        fill = (float(np.median(arr[::7, ::7][sub])) if sub.any()
+                else (float(np.median(arr[~bad])) if (~bad).any() else 0.0))
+        out[bad & ~near] = fill
+    iy, ix = np.nonzero(near)
     todo = bad.copy()
     for _ in range(n_rings):
-        total = np.zeros(iy.size, np.float64)
+        if iy.size == 0:
+            break
+        totals = [np.zeros(iy.size, np.float64) for _ in outs]
         count = np.zeros(iy.size, np.float64)
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
                 jy, jx = np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)
                 ok = ~todo[jy, jx]
-                total += np.where(ok, out[jy, jx], 0)
                 count += ok
+                for total, out in zip(totals, outs):
+                    total += np.where(ok, out[jy, jx], 0)
         hit = count > 0
-        out[iy[hit], ix[hit]] = total[hit] / count[hit]
+        for total, out in zip(totals, outs):
+            out[iy[hit], ix[hit]] = total[hit] / count[hit]
         todo[iy[hit], ix[hit]] = False
         iy, ix = iy[~hit], ix[~hit]
-        if iy.size == 0:
-            return out
-    sub = ~bad[::7, ::7]
-    fill = float(np.median(arr[::7, ::7][sub])) if sub.any() else (float(np.median(arr[~bad])) if (~bad).any() else 0.0)
-    out[iy, ix] = fill
-    return out
+    return outs
 
 
 def _prepare(image: Image):
@@ -286,9 +294,9 @@ def _prepare(image: Image):
     flg = flg | np.where(bad & (flg == 0), pixflags.BAD, 0).astype(pixflags.DTYPE)  # weight 0, no bit
     var = np.zeros(sci.shape, np.float32)
     np.divide(1, weight, out=var, where=~bad)
-    sci_p = ndimage.spline_filter(np.pad(_inpaint(np.where(finite, sci, 0), bad), PAD, mode="edge"),
-                                  order=3, output=np.float32, mode="mirror")
-    var_p = np.pad(_inpaint(var, bad), PAD, mode="edge")
+    sci_f, var_f = _inpaint([np.where(finite, sci, 0), var], bad)
+    sci_p = ndimage.spline_filter(np.pad(sci_f, PAD, mode="edge"), order=3, output=np.float32, mode="mirror")
+    var_p = np.pad(var_f, PAD, mode="edge")
     f = np.pad(flg, PAD, mode="constant", constant_values=pixflags.EDGE)
     f2 = f.copy()  # OR of the 2x2 block whose lower-left pixel is (y, x)
     f2[:-1, :] |= f[1:, :]
