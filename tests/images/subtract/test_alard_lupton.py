@@ -64,3 +64,38 @@ def test_too_few_stars_is_a_clear_error():
     with pytest.raises(SubtractionError, match="al_sigmas"):
         subtract(new, ref, pn, pr, ZP_NEW, ZP_REF, method="alard_lupton", stars=stars,
                  pars={"al_sigmas": [1.0], "al_degrees": [2, 2]})
+
+
+def test_residual_background_is_fitted_on_the_sky_not_the_stamps():
+    """The differential background is the whole image's sky (clipped polynomial), so a pedestal
+    or gradient left by the stamp fit is removed and sources do not pull it."""
+    from vo.images.subtract.alard_lupton import residual_background
+
+    rng = np.random.default_rng(4)
+    ny, nx = 400, 300
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    plane = -2.6 + 1.5 * (2 * xx / (nx - 1) - 1) - 0.8 * (2 * yy / (ny - 1) - 1)
+    diff = (plane + rng.normal(0, 18.0, (ny, nx))).astype(np.float32)
+    for x, y in rng.uniform(10, 290, (60, 2)):  # bright residuals, both signs
+        diff[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3] += rng.choice([-1, 1]) * 400
+    mask = np.zeros((ny, nx), bool)
+    mask[:50, :50] = True
+    diff[mask] = 1e4  # masked pixels never enter
+    info = {}
+    bg = residual_background(diff, mask, 1, info)
+    assert bg.shape == diff.shape and bg.dtype == np.float32
+    assert np.max(np.abs(bg - plane)) < 0.5  # 0.03 sigma of the sky
+    assert info["residual_background"] == pytest.approx(-2.6, abs=0.2)
+    flat = residual_background(diff, mask, 0)
+    assert np.all(flat == flat[0, 0]) and abs(flat[0, 0] + 2.6) < 0.3
+
+
+def test_difference_has_no_pedestal():
+    """On the sky, the Alard-Lupton difference averages zero for both directions."""
+    for fwhm_n, fwhm_r in ((3.0, 2.2), (2.2, 3.0)):
+        new, ref, pn, pr, stars, trans = make_pair(n_trans=0, seed=9, fwhm_n=fwhm_n, fwhm_r=fwhm_r)
+        d = subtract(new, ref, pn, pr, ZP_NEW, ZP_REF, method="alard_lupton", stars=stars)
+        sky = (d.flags == 0) & (np.abs(d.diff) < 3 * d.diff_err)
+        level = float(np.median(d.diff[sky])) / float(np.median(d.diff_err[sky]))
+        print(f"\n{fwhm_n}/{fwhm_r}: sky median {level:+.4f} sigma, fitted {d.meta['residual_background']:+.3f} e-")
+        assert abs(level) < 0.03
