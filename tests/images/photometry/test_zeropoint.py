@@ -135,6 +135,35 @@ def test_zero_point_error_bar_is_honest():
     assert np.max(np.abs(pulls)) < 4
 
 
+def test_colour_errors_weight_the_stars():
+    """Three bright stars and one faint one whose Gaia colour is noisy (BP, RP S/N 8: 0.2 mag) and
+    off by 0.5 mag: the colour's error through the relation's slope makes its weight small, as
+    on the real mzlsbass2 cutouts (it pulled g by 0.035 mag there); with good colours it counts."""
+    from vo.images.photometry.photometric import colour_slope
+
+    slope = colour_slope(np.array([0.5, 1.0, 9.0]), "g")
+    step = (gaia_to_filter(18.0, 1.0 + 1e-4, "g") - gaia_to_filter(18.0, 1.0 - 1e-4, "g")) / 2e-4
+    assert slope[1] == pytest.approx(step, rel=1e-4) and slope[2] == 0  # clamped outside the range
+    src, cat, w = make_image(seed=7, n=4, filt="g", bad_fraction=0.0)
+    src["flux_psf"] = np.abs(src["flux_psf"])
+    cat["phot_g_mean_mag"] = [17.0, 17.5, 18.0, 20.9]
+    c = np.array([0.9, 1.1, 1.0, 1.4])
+    cat["phot_bp_mean_mag"], cat["phot_rp_mean_mag"] = cat["phot_g_mean_mag"] + 0.35 * c, cat["phot_g_mean_mag"] - 0.65 * c
+    m = gaia_to_filter(cat["phot_g_mean_mag"], c, "g")
+    m[3] = gaia_to_filter(20.9, 0.9, "g")  # its true colour is 0.9
+    src["flux_psf"] = 10 ** (-0.4 * (m - ZP_TRUE))
+    src["fluxerr_psf"] = src["flux_psf"] / np.array([500, 500, 500, 60])
+    src["flags"] = 0
+    noisy = Table(cat, copy=True)
+    noisy["phot_bp_mean_flux_over_error"] = [400.0, 400.0, 400.0, 8.0]
+    noisy["phot_rp_mean_flux_over_error"] = [600.0, 600.0, 600.0, 8.0]
+    zp = fit_zero_point(src, noisy, w, "g", 60.0, {"min_stars": 1, "sigma_clip": 100.0})
+    blind = fit_zero_point(src, cat, w, "g", 60.0, {"min_stars": 1, "sigma_clip": 100.0})
+    assert zp.n_stars == blind.n_stars == 4
+    assert abs(zp.zp - ZP_TRUE) < 0.3 * abs(blind.zp - ZP_TRUE)
+    assert abs(blind.zp - ZP_TRUE) > 0.02
+
+
 def test_colour_term_fit():
     src, cat, w = make_image(seed=4, filt="g", colour_term=0.08)
     zp = fit_zero_point(src, cat, w, "g", 60.0, {"colour_term": True, "colour_pivot": 1.0})

@@ -11,9 +11,10 @@ counts/s, ``BUNIT``); our zero point is for 1 e- of the image, so the survey's i
   saturated Gaia star and 2-3 detections: their PSF is a flagged stand-in and their zero point
   flagged with its reason;
 * over the CCDs with at least 2 Gaia stars (the three of mzlsbass2: 90Prime g, r, Mosaic3 z,
-  three stars each) the zero point agrees with ``ccdzpt``: issue 12's bars are 0.03 mag median
-  and 0.08 worst; measured +0.002, +0.035, +0.055 (median 0.035: the three-star noise,
-  zp_err 0.02-0.085, decides); held here at 0.04 median, 0.08 worst.
+  three stars each) the zero point agrees with ``ccdzpt`` within issue 12's bars, 0.03 mag median
+  and 0.08 worst: measured +0.002, +0.052, -0.008 (median 0.008).  The third star of each is at
+  G = 20.9 with BP and RP S/N ~8 (BP-RP error 0.2 mag): before its colour error entered the star's
+  weight it put g and z off by 0.035 and 0.055.
 """
 
 from __future__ import annotations
@@ -85,4 +86,4 @@ def test_zero_points_agree_with_the_survey():
         print(f"\n{row['camera'].strip()} {row['filter']}: zp {zp.zp:.3f} +- {zp.zp_err:.3f} ({zp.n_stars} stars), "
               f"survey {row['ccdzpt']:.3f} (counts/s): difference {d:+.3f}")
     diffs = np.abs(diffs)
-    assert np.median(diffs) < 0.04 and diffs.max() < 0.08, diffs
+    assert np.median(diffs) < 0.03 and diffs.max() < 0.08, diffs

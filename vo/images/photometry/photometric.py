@@ -118,6 +118,15 @@ def gaia_to_filter(g, bp_rp, filt: str, system: str = "sdss", release: str = "ga
     return np.asarray(g, dtype=float) + np.polynomial.polynomial.polyval(x, coef)
 
 
+def colour_slope(bp_rp, filt: str, system: str = "sdss", release: str = "gaia_dr3") -> np.ndarray:
+    """d m / d(BP-RP) of :func:`gaia_to_filter` (mag/mag; 0 where the colour is clamped): turns
+    a star's colour error into the error of its converted magnitude."""
+    coef, (lo, hi), _ = relation(filt, system, release)
+    x = np.asarray(bp_rp, dtype=float)
+    slope = np.polynomial.polynomial.polyval(np.clip(x, lo, hi), np.polynomial.polynomial.polyder(coef))
+    return np.where((x >= lo) & (x <= hi), slope, 0.0)
+
+
 def transformation_sigma(filt: str, system: str = "sdss", release: str = "gaia_dr3") -> float:
     """Scatter of the relation (mag): the systematic error of one converted star."""
     return relation(filt, system, release)[2]
