@@ -8,7 +8,8 @@ usual, no temporary file is left, and ``snakemake -n`` has nothing to do.
 
 With the rule bodies: a reference that does not overlap the new image and a reference with no
 good input give skipped products (and the steps after them), with the reason in the files and
-the log, and nothing else written.
+the log, and nothing else written; a new image whose zero point failed is still subtracted, with
+the flux ratio of the stars it shares with the reference (and skipped, saying so, without them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
@@ -73,12 +75,12 @@ def test_workflow_completes_and_flags_the_broken_ccd(run):
                        ("efficiency", "efficiency")):
         path = R.rule_io(step, cfg, BROKEN, ccd)[1][kind]
         why = skipped_reason(path)
-        assert why is not None and "astrometry/zero point failed" in why and "too few matched stars" in why, (step, why)
+        assert why is not None and "astrometry failed" in why and "too few matched stars" in why, (step, why)
         good = R.rule_io(step, cfg, GOOD, ccd)[1][kind]
         assert skipped_reason(good) is None, (step, good)
     # the skip is logged in the rule's log file
     logs = "".join(p.read_text() for p in (root / "BADTR" / "logs" / "subtraction").glob(f"{BROKEN}*"))
-    assert "skipped" in logs and "astrometry/zero point failed" in logs, logs[-2000:]
+    assert "skipped" in logs and "astrometry failed" in logs, logs[-2000:]
     # alerts: written for both exposures; the broken CCD's contribute none
     assert Path(R.rule_io("alerts", cfg, BROKEN)[1]["alerts"]).exists()
     assert Path(R.rule_io("alerts", cfg, GOOD)[1]["alerts"]).exists()
@@ -161,3 +163,64 @@ def test_exposures_without_reference_are_listed_not_subtracted(tmp_path):
     out = smk(["-n", "--configfile", str(cfgfile)], tmp_path)
     counts = job_counts(out.stdout + out.stderr)
     assert counts.get("zero_point") == 3 * len(R.ccds(cfg)) and "subtraction" not in counts and "references" not in counts, counts
+
+
+def test_failed_zero_point_subtracts_with_matched_stars(run, tmp_path):
+    """Only the flux ratio matters to the subtraction: with the new image's zero point failed, the
+    stars both images see give it, the difference's MAGZP is the reference's carried over (within
+    the zero points' errors of the image's own) and the measurements have magnitudes; the fakes
+    of the efficiency step, which need the image's own calibration, are skipped saying why."""
+    from vo.images.detect.measure import read_measurements
+    from vo.images.photometry.zeropoint import read_zp, write_zp
+    from vo.images.subtract import magnitude_zero_point, read_difference
+
+    root, _, cfg, ccd, _ = run
+    inputs, outputs = R.rule_io("subtraction", cfg, GOOD, ccd)
+    own = read_zp(inputs["zp"])
+    failed = read_zp(inputs["zp"])
+    failed.ok, failed.reason, failed.zp = False, "test: no calibration star", float("nan")
+    zp_file = str(tmp_path / "failed.zp.fits")
+    write_zp(zp_file, failed)
+    out = {k: str(tmp_path / Path(v).name) for k, v in outputs.items()}
+    R.run_subtraction(cfg, GOOD, ccd, {**inputs, "zp": zp_file}, out)
+    assert skipped_reason(out["difference"]) is None
+    d = read_difference(out["difference"])
+    assert d.meta["flux_scale"].startswith("matched stars") and d.meta["image_zp"] is None
+    assert fits.getheader(out["difference"])["MAGZP"] == pytest.approx(magnitude_zero_point(d))
+    assert magnitude_zero_point(d) == pytest.approx(own.zp, abs=0.03), (magnitude_zero_point(d), own.zp)
+    # the steps after it: detection, cutouts, measurements with magnitudes
+    chain = dict(out)  # this test's files replace the run's under the same input names
+    for step in ("detection", "cutouts", "measurements"):
+        s_in, s_out = R.rule_io(step, cfg, GOOD, ccd)
+        s_in = {k: chain.get(k, v) for k, v in s_in.items()}
+        s_out = {k: str(tmp_path / Path(v).name) for k, v in s_out.items()}
+        getattr(R, f"run_{step}")(cfg, GOOD, ccd, s_in, s_out)
+        assert all(skipped_reason(v) is None for v in s_out.values()), step
+        chain.update(s_out)
+    meas = read_measurements(chain["measurements"])
+    assert len(meas) > 0 and np.isfinite(np.asarray(meas["mag"], float)[~np.asarray(meas["is_negative"])]).any()
+    e_in, e_out = R.rule_io("efficiency", cfg, GOOD, ccd)
+    e_out = {k: str(tmp_path / Path(v).name) for k, v in e_out.items()}
+    R.run_efficiency(cfg, GOOD, ccd, {**e_in, "zp": zp_file, "aligned_reference": out["aligned_reference"]}, e_out)
+    assert "zero point" in skipped_reason(e_out["efficiency"]) and "no calibration star" in skipped_reason(e_out["efficiency"])
+
+
+def test_failed_zero_point_and_no_common_stars_is_skipped(run, tmp_path):
+    from astropy.table import Table
+    from vo.images.extract import read_sources, write_sources
+    from vo.images.photometry.zeropoint import read_zp, write_zp
+
+    root, _, cfg, ccd, _ = run
+    inputs, outputs = R.rule_io("subtraction", cfg, GOOD, ccd)
+    failed = read_zp(inputs["zp"])
+    failed.ok, failed.reason, failed.zp = False, "test: no calibration star", float("nan")
+    zp_file = str(tmp_path / "failed.zp.fits")
+    write_zp(zp_file, failed)
+    src = read_sources(inputs["sources"])
+    few = Table(src[:2], meta=src.meta)
+    src_file = str(tmp_path / "few.sources.fits")
+    write_sources(src_file, few)
+    out = {k: str(tmp_path / Path(v).name) for k, v in outputs.items()}
+    R.run_subtraction(cfg, GOOD, ccd, {**inputs, "zp": zp_file, "sources": src_file}, out)
+    why = skipped_reason(out["difference"])
+    assert why is not None and "no zero point and only" in why and "no calibration star" in why, why

@@ -38,12 +38,11 @@ from vo.images.reference.align import align_image, with_wcs
 from vo.images.reference.coadd import ReferenceError, build_reference
 from vo.images.subtract import subtract
 from vo.images.subtract.common import Difference, SubtractionError
+from vo.images.subtract.matching import bright, flux_ratio, match_sources
 
 log = logging.getLogger(__name__)
 
 ZP_NEW = 25.0          # arbitrary zero point of the new image: only the ratio enters
-MATCH_SNR = 10.0       # stars matched for registration and the flux ratio: S/N at least this
-MATCH_RADIUS = 5.0     # first matching radius (pix), then 3 robust sigmas around the median offset
 MIN_MATCHES = 3
 
 
@@ -70,37 +69,6 @@ class PairResult:
 
 def _name(image: Image, default: str) -> str:
     return str(image.header.get("EXPOSURE", default)) if image.header is not None else default
-
-
-def _bright(src: Table) -> np.ndarray:
-    return (np.asarray(src["snr"]) >= MATCH_SNR) & (np.asarray(src["flags"]) == 0) \
-        & np.isfinite(np.asarray(src["flux_psf"]))
-
-
-def match_sources(new_src: Table, new_wcs: WCS, ref_src: Table, ref_wcs: WCS,
-                  radius: float = MATCH_RADIUS):
-    """Bright unflagged sources of the reference matched to the new image's, on its grid.
-
-    Returns (i_new, i_ref, dx, dy): indices into the tables and the offsets (pix, new grid) of
-    each match, new minus carried reference position, after a second pass within 3 robust
-    sigmas (at least 0.3 pix) of the median offset.
-    """
-    bn, br = np.flatnonzero(_bright(new_src)), np.flatnonzero(_bright(ref_src))
-    if bn.size == 0 or br.size == 0:
-        return (np.zeros(0, int),) * 2 + (np.zeros(0),) * 2
-    sky = ref_wcs.pixel_to_world(np.asarray(ref_src["x"])[br], np.asarray(ref_src["y"])[br])
-    xr, yr = new_wcs.world_to_pixel(sky)
-    xn, yn = np.asarray(new_src["x"])[bn], np.asarray(new_src["y"])[bn]
-    d, j = cKDTree(np.c_[xn, yn]).query(np.c_[xr, yr])
-    ok = d < radius
-    for _ in range(2):
-        if ok.sum() == 0:
-            break
-        dx, dy = xn[j] - xr, yn[j] - yr
-        mx, my = np.median(dx[ok]), np.median(dy[ok])
-        r = np.hypot(dx - mx, dy - my)
-        ok = (d < radius) & (r < max(0.3, 3 * 1.4826 * np.median(r[ok])))
-    return bn[j[ok]], br[ok], (xn[j] - xr)[ok], (yn[j] - yr)[ok]
 
 
 def shifted_wcs(wcs: WCS, dx: float, dy: float) -> WCS:
@@ -137,15 +105,9 @@ def register(new: Image, new_ex: Extraction, ref: Image, ref_ex: Extraction, nam
     J = np.array([[px[1] - px[0], px[2] - px[0]], [py[1] - py[0], py[2] - py[0]]])
     sx, sy = np.linalg.solve(J, [mx, my])
     corrected = with_wcs(ref, shifted_wcs(ref.wcs, -sx, -sy))
-    ratio = np.asarray(ref_ex.sources["flux_psf"])[i_ref] / np.asarray(new_ex.sources["flux_psf"])[i_new]
-    ok = np.isfinite(ratio) & (ratio > 0)
-    lr = np.log(ratio[ok])
-    for _ in range(3):
-        med = np.median(lr)
-        mad = 1.4826 * np.median(np.abs(lr - med)) + 1e-3
-        lr = lr[np.abs(lr - med) < 3 * mad]
-    info = {"name": name, "offset": [mx, my], "matches": int(i_new.size), "flux_ratio": float(np.exp(np.median(lr))),
-            "flux_ratio_scatter": float(1.4826 * np.median(np.abs(lr - np.median(lr)))), "ratio_stars": int(lr.size)}
+    fr = flux_ratio(new_ex.sources, new.wcs, ref_ex.sources, ref.wcs, i_new, i_ref)
+    info = {"name": name, "offset": [mx, my], "matches": int(i_new.size), "flux_ratio": fr.ratio,
+            "flux_ratio_scatter": fr.scatter, "ratio_stars": fr.n}
     log.info("%s: offset (%.3f, %.3f) pix from %d stars, flux ratio %.4f", name, mx, my, i_new.size,
              info["flux_ratio"])
     return corrected, info
@@ -155,7 +117,7 @@ def common_stars(new_src: Table, ref_src: Table, radius: float = 1.5) -> Table:
     """The new image's unflagged sources of S/N >= MATCH_SNR with a reference source within
     ``radius`` pix (both on the new grid): x, y, flux (e-). Alard-Lupton fits its kernel on
     these: a source of one image only (a transient) cannot constrain it."""
-    b = _bright(new_src)
+    b = bright(new_src)
     t = Table({"x": np.asarray(new_src["x"], float)[b], "y": np.asarray(new_src["y"], float)[b],
                "flux": np.asarray(new_src["flux_psf"], float)[b]})
     if len(t) == 0 or len(ref_src) == 0:

@@ -280,7 +280,9 @@ def read_transient_products(cfg: dict, instrument: str, exposure: str, ccd: str,
         got = header_value([diff_sci], key, dp, required=True, kind=str).strip()
         if got.lower() != str(expected).lower():
             raise IngestError(f"{dp}: {key} = {got!r}, expected {expected!r}")
-    zp = header_value(heads["zp"], "ZP", paths["zp"])
+    zp = header_value(dh[:1], "MAGZP", dp)  # the image's own, or carried over from the reference
+    if zp is None:
+        zp = header_value(heads["zp"], "ZP", paths["zp"])
     flux_err = _map_median(dp, "FLUXERR")
     sub_row = {**file_row(dp, root), "method": header_value(dh, "METHOD", dp, True, str).strip(),
                "fwhm": header_value(dh, "FWHM", dp), "noise_rms": _map_median(dp, "ERROR"),

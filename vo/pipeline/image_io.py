@@ -97,8 +97,8 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
         per = {k: [prod(k, exposure=m, ccd=c) for m, c in members] for k in ("image", "psf", "wcs", "zp")}
         return per, ref  # the grid is the plan's (get_plan(cfg).coadd_grid): no input of the new image
     if step == "subtraction":
-        return ({"image": prod("image", **e), "psf": prod("psf", **e), "wcs": prod("wcs", **e),
-                 "zp": prod("zp", **e), "ref_image": ref["image"], "ref_psf": ref["psf"],
+        return ({"image": prod("image", **e), "psf": prod("psf", **e), "sources": prod("sources", **e),
+                 "wcs": prod("wcs", **e), "zp": prod("zp", **e), "ref_image": ref["image"], "ref_psf": ref["psf"],
                  "ref_sources": ref["sources"]},
                 {"difference": prod("difference", **e), "aligned_reference": prod("aligned_reference", **e)})
     if step == "detection":
@@ -110,8 +110,7 @@ def rule_io(step: str, cfg: dict, exposure: str | None = None, ccd: str | None =
                 {"cutouts": prod("cutouts", **e)})
     if step == "measurements":
         return ({"cutouts": prod("cutouts", **e), "candidates": prod("candidates", **e),
-                 "difference": prod("difference", **e), "zp": prod("zp", **e), "psf": prod("psf", **e),
-                 "ref_sources": ref["sources"]},
+                 "difference": prod("difference", **e), "psf": prod("psf", **e), "ref_sources": ref["sources"]},
                 {"measurements": prod("measurements", **e)})
     if step == "rb_training_set":
         return ({"image": prod("image", **e), "psf": prod("psf", **e), "wcs": prod("wcs", **e),

@@ -70,21 +70,26 @@ def run_references(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
 def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Align the reference onto the new image and subtract it (ZOGY or Alard-Lupton).
 
-    Skipped (flagged, see :func:`skippable`) when the new image's astrometry or zero point failed,
-    its PSF model failed its check, the reference does not overlap it, or the pair cannot be
-    subtracted (too few unflagged pixels in common, too few stars for Alard-Lupton)."""
+    The flux ratio comes from the stars both images see where enough match (and they beat the
+    zero points' precision), else from the zero points (:func:`vo.images.subtract.matching.subtraction_zero_point`):
+    a new image whose zero point failed is still subtracted, and the difference's ``MAGZP`` is the
+    reference's carried over by the ratio.  Skipped (flagged, see :func:`skippable`) when the
+    new image's astrometry failed, neither a zero point nor enough common stars exist, its PSF
+    model failed its check, the reference does not overlap it, or the pair cannot be subtracted
+    (too few unflagged pixels in common, too few stars for Alard-Lupton)."""
     from vo.images.reference.align import align_image, with_wcs
     from vo.images.astrometry import read_wcs
     from vo.images.reference.coadd import read_reference
+    from vo.images.extract import read_sources
     from vo.images.image import read_image, write_image
     from vo.images.extract.psf import read_psf
     from vo.images.subtract import SubtractionError, subtract, write_difference
+    from vo.images.subtract.matching import flux_ratio, subtraction_zero_point
     from vo.images.photometry.zeropoint import read_zp
 
     sol, zp = read_wcs(inputs["wcs"]), read_zp(inputs["zp"])
-    if not (sol.ok and zp.ok):
-        raise SkipProduct(f"{exposure} {ccd}: cannot subtract: astrometry/zero point failed "
-                          f"({sol.reason or zp.reason}) in {inputs['wcs']}")
+    if not sol.ok:
+        raise SkipProduct(f"{exposure} {ccd}: cannot subtract: astrometry failed ({sol.reason}) in {inputs['wcs']}")
     new_psf = read_psf(inputs["psf"])
     if not new_psf.ok:
         raise SkipProduct(f"{exposure} {ccd}: cannot subtract: PSF model flagged ({new_psf.why}) in {inputs['psf']}")
@@ -93,11 +98,17 @@ def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
     if not ref.psf.ok:
         raise SkipProduct(f"{exposure} {ccd}: cannot subtract: the reference's PSF model is flagged "
                           f"({ref.psf.why}) in {inputs['ref_psf']}")
+    ratio = flux_ratio(read_sources(inputs["sources"]), sol.wcs, ref.sources, ref.image.wcs)
+    try:
+        new_zp, scale = subtraction_zero_point(zp.zp, zp.zp_err, zp.ok, ref.zp, ratio)
+    except ValueError as exc:
+        raise SkipProduct(f"{exposure} {ccd}: cannot subtract: {exc}; zero point: {zp.reason} "
+                          f"({inputs['zp']})") from exc
     try:
         aligned, ref_psf = align_image(ref.image, new.wcs, new.sci.shape, psf=ref.psf)
         if not (aligned.flags == 0).any():
             raise SubtractionError(f"{inputs['ref_image']} does not overlap {exposure} {ccd}")
-        diff = subtract(new, aligned, new_psf, ref_psf, zp.zp, ref.zp, cfg["subtraction"],
+        diff = subtract(new, aligned, new_psf, ref_psf, new_zp, ref.zp, cfg["subtraction"],
                         method=cfg["subtraction"]["method"])
     except SubtractionError as exc:
         raise SkipProduct(f"{exposure} {ccd}: cannot subtract {inputs['ref_image']}: {exc}") from exc
@@ -105,6 +116,7 @@ def run_subtraction(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: d
         if "no overlap" not in str(exc):
             raise
         raise SkipProduct(f"{exposure} {ccd}: reference {inputs['ref_image']} does not overlap the image ({exc})") from exc
+    diff.meta.update(flux_scale=scale, image_zp=zp.zp if zp.ok else None)
     write_difference(outputs["difference"], diff, file_attrs(cfg, "subtraction"))
     write_image(outputs["aligned_reference"], aligned, file_attrs(cfg, "subtraction"))
     log.info("%s %s: %s difference written", exposure, ccd, cfg["subtraction"]["method"])
@@ -151,15 +163,15 @@ def run_measurements(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: 
     from vo.images.detect import read_candidates
     from vo.images.extract import read_sources
     from vo.images.detect.measure import measure, write_measurements
-    from vo.images.subtract import read_difference
-    from vo.images.photometry.zeropoint import read_zp
+    from vo.images.subtract import magnitude_zero_point, read_difference
 
     from vo.images.extract.psf import read_psf
     from vo.images.subtract.tiles import LocalPSF
 
-    local = LocalPSF(read_difference(inputs["difference"]), read_psf(inputs["psf"]))  # each one's own PSF
+    diff = read_difference(inputs["difference"])
+    local = LocalPSF(diff, read_psf(inputs["psf"]))  # each one's own PSF
     table = measure(read_cutouts(inputs["cutouts"]), read_candidates(inputs["candidates"]), local,
-                    read_zp(inputs["zp"]).zp,
+                    magnitude_zero_point(diff),  # the image's own, or carried over from the reference
                     read_sources(inputs["ref_sources"]), cfg["measurements"],
                     pixel_scale=instrument(cfg).pixel_scale)
     write_measurements(outputs["measurements"], table, file_attrs(cfg, "measurements"))
@@ -203,11 +215,14 @@ def _new_and_reference(cfg: dict, inputs: dict):
     from vo.images.extract.psf import read_psf
     from vo.images.photometry.zeropoint import read_zp
 
+    zp = read_zp(inputs["zp"])
+    if not zp.ok:  # the difference may exist (flux ratio from matched stars), fakes of known magnitude not
+        raise SkipProduct(f"fakes need the new image's zero point, which failed ({zp.reason}) in {inputs['zp']}")
     new = with_wcs(read_image(inputs["image"]), read_wcs(inputs["wcs"]).wcs)
     ref = read_reference({"image": inputs["ref_image"], "psf": inputs["ref_psf"],
                           "sources": inputs["ref_image"].replace(".image.fits", ".sources.fits")})
     ref_psf = align_psf(ref.psf, ref.image.wcs, new.wcs, new.sci.shape)
-    return (new, read_psf(inputs["psf"]), read_zp(inputs["zp"]), read_image(inputs["aligned_reference"]),
+    return (new, read_psf(inputs["psf"]), zp, read_image(inputs["aligned_reference"]),
             ref_psf, ref)
 
 

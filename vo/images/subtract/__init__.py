@@ -135,6 +135,9 @@ def write_difference(path: str | os.PathLike, d: Difference, attrs: dict | None 
     h = primary.header
     h["METHOD"] = (d.meta.get("method", ""), "subtraction method")
     h["FWHM"] = (float(d.meta.get("fwhm", np.nan)), "FWHM of the difference PSF (pix)")
+    zp = magnitude_zero_point(d)
+    if np.isfinite(zp):
+        h["MAGZP"] = (zp, "m = -2.5 log10(DIFF e-) + MAGZP")
     h["VO_META"] = json.dumps(d.meta, sort_keys=True, default=float)
     hdus = [primary]
     wcs_cards = data_cards(d.header) if d.header is not None else fits.Header()
@@ -158,6 +161,17 @@ def write_difference(path: str | os.PathLike, d: Difference, attrs: dict | None 
             hdu.header["TILEX"] = (json.dumps([int(v) for v in d.tile_edges[1]]), "core edges in x (pix)")
             hdus.append(hdu)
     write_fits(path, fits.HDUList(hdus), attrs)
+
+
+def magnitude_zero_point(d: Difference) -> float:
+    """Zero point (mag) of the difference's fluxes (e- of the new image): the new image's own
+    (``meta["image_zp"]``), else the one the subtraction used (``meta["new_zp"]``: carried over
+    from the reference by matched stars where the new image's calibration failed), else NaN."""
+    for key in ("image_zp", "new_zp"):
+        v = (d.meta or {}).get(key)
+        if v is not None and np.isfinite(float(v)):
+            return float(v)
+    return float("nan")
 
 
 def difference_fwhm(path: str | os.PathLike) -> float:
@@ -203,4 +217,4 @@ def read_difference(path: str | os.PathLike) -> Difference:
 
 
 __all__ = ["Difference", "SubtractionError", "subtract", "write_difference",
-           "read_difference", "difference_fwhm", "parameters", "stamp_fwhm"]
+           "read_difference", "difference_fwhm", "magnitude_zero_point", "parameters", "stamp_fwhm"]
