@@ -155,7 +155,7 @@ TABLE: tuple[Step, ...] = (
          (_rule("references", _CCD, ("reference_image", "reference_psf", "reference_sources"), _TR,
                 per_ccd=True),), ingest="references",
          doc="the reference images overlapping a new CCD (reference policy) coadded over its footprint"),
-    Step("subtraction", "images", ("subtraction",), ("zero_point", "references"), "5",  # 5: Alard-Lupton background on the sky
+    Step("subtraction", "images", ("subtraction",), ("zero_point", "references"), "5",  # 5: AL sky background; ratio from stars
          {"difference": "{exposure}/{ccd}.sub.fits", "aligned_reference": "{exposure}/{ccd}.refaligned.fits"},
          (_rule("subtraction", _CCD, ("difference", "aligned_reference"), _TR, per_ccd=True),),
          ingest="subtractions", doc="reference aligned to the new image and subtracted (ZOGY, Alard-Lupton)"),
