@@ -71,8 +71,10 @@ def stamp_features(sub: np.ndarray, fwhm: float, weight: np.ndarray | None = Non
     ----------
     sub : (N, S, S) array
         Difference stamps (e-), the candidate at the central pixel; NaN where off the CCD.
-    fwhm : float
-        PSF FWHM of the new image (pix).
+    fwhm : float or (N,) array
+        FWHM (pix) of the difference's PSF, per stamp where the PSF varies over the CCD (the
+        measurements' ``fwhm_psf``: with one central value, point sources in the corners of a
+        CCD whose PSF is 15% wider there read ``stamp_fwhm_ratio`` 1.15, like bad columns).
     weight : (N, S, S) array, optional
         Inverse variance (1/e-^2), 0 where flagged; without it the noise is the MAD of the
         stamp's pixels beyond ``radius`` FWHM.
@@ -95,9 +97,12 @@ def stamp_features(sub: np.ndarray, fwhm: float, weight: np.ndarray | None = Non
     sub = np.asarray(sub, np.float64)
     if sub.ndim != 3 or sub.shape[1] != sub.shape[2] or sub.shape[1] % 2 == 0:
         raise ValueError(f"stamp features: stamps must be (N, S, S) with S odd, got {sub.shape}")
-    if not np.isfinite(fwhm) or fwhm <= 0:
-        raise ValueError(f"stamp features: PSF FWHM must be positive, got {fwhm}")
     n, size, _ = sub.shape
+    fwhm = np.broadcast_to(np.asarray(fwhm, np.float64), (n,)) if np.ndim(fwhm) else np.full(n, float(fwhm))
+    if not np.all(np.isfinite(fwhm) & (fwhm > 0)):
+        bad_fwhm = fwhm[~(np.isfinite(fwhm) & (fwhm > 0))][:3]
+        raise ValueError(f"stamp features: PSF FWHM must be positive, got {bad_fwhm}")
+    f3 = fwhm[:, None, None]
     k = np.arange(size) - size // 2
     xx, yy = np.meshgrid(k, k)
     r2 = (xx * xx + yy * yy).astype(np.float64)
@@ -108,7 +113,7 @@ def stamp_features(sub: np.ndarray, fwhm: float, weight: np.ndarray | None = Non
         bad |= np.asarray(flags) != 0
     d = np.where(bad, 0.0, sub)
     good = ~bad
-    region = r2 <= (radius * fwhm) ** 2
+    region = r2 <= (radius * f3) ** 2
     if weight is not None:
         var = np.where(good, 1.0 / np.where(good, weight, 1.0), 0.0)
     else:
@@ -117,7 +122,7 @@ def stamp_features(sub: np.ndarray, fwhm: float, weight: np.ndarray | None = Non
         sig = 1.4826 * np.nanmedian(np.abs(outer - med), axis=1)
         sig = np.where(np.isfinite(sig) & (sig > 0), sig, 1.0)
         var = np.where(good, sig[:, None, None] ** 2, 0.0)
-    ap = r2 <= fwhm ** 2
+    ap = r2 <= f3 ** 2
     flux_ap = (d * ap).sum(axis=(1, 2))
     err_ap = np.sqrt((var * ap).sum(axis=(1, 2)))
     snr = flux_ap / np.where(err_ap > 0, err_ap, np.inf)
@@ -135,7 +140,13 @@ def stamp_features(sub: np.ndarray, fwhm: float, weight: np.ndarray | None = Non
     # so pixelisation and wings cancel (with the analytic Gaussian value, point sources read
     # 1.05 at FWHM 3.5 pix but 1.17 at 2 pix, and a classifier trained at one seeing failed at
     # the other)
-    fwhm_ratio = np.sqrt(np.maximum(tr, 0) / _point_source_trace(fwhm, size))
+    # (the point source's trace per FWHM to 0.01 pix: one rendering per distinct value)
+    if np.all(fwhm == fwhm[:1]):
+        trace_ps = _point_source_trace(float(fwhm[0]), size) if n else 1.0
+    else:
+        uniq, inv = np.unique(np.round(fwhm, 2), return_inverse=True)
+        trace_ps = np.array([_point_source_trace(float(f), size) for f in uniq])[inv.ravel()]
+    fwhm_ratio = np.sqrt(np.maximum(tr, 0) / trace_ps)
     c = size // 2
     core = (d * sign)[:, c - 1:c + 2, c - 1:c + 2].reshape(n, -1).max(axis=1)
     sharp = core / np.where(flux_ap * sign[:, 0, 0] > 0, flux_ap * sign[:, 0, 0], np.nan)
@@ -151,13 +162,14 @@ def stamp_features(sub: np.ndarray, fwhm: float, weight: np.ndarray | None = Non
     return out
 
 
-def _windowed_moments(pos, xx, yy, fwhm: float):
+def _windowed_moments(pos, xx, yy, fwhm):
     """Centroid and trace, determinant of the second moments of ``pos`` (N, S, S) under a
     Gaussian window of the PSF's width, re-centred on the windowed centroid (as SExtractor's
     XWIN: unbiased for a symmetric source, where a window fixed at the stamp centre halves the
     offset). Returns mx, my (pix from the centre), trace and determinant (pix^2, pix^4)."""
     n = pos.shape[0]
-    s2 = (fwhm / 2.3548) ** 2
+    fwhm = np.broadcast_to(np.asarray(fwhm, np.float64), (n,))  # one per stamp, or one for all
+    s2 = (fwhm[:, None, None] / 2.3548) ** 2
     mx = my = np.zeros(n)
     for _ in range(WINDOW_ITERATIONS):
         wr2 = (xx - np.clip(mx, -fwhm, fwhm)[:, None, None]) ** 2 + (yy - np.clip(my, -fwhm, fwhm)[:, None, None]) ** 2
@@ -181,6 +193,16 @@ def _point_source_trace(fwhm: float, size: int) -> float:
     k = np.arange(size) - size // 2
     xx, yy = np.meshgrid(k, k)
     return float(_windowed_moments(stamp, xx, yy, fwhm)[2][0])
+
+
+def candidate_fwhm(measurements: Table | None, default: float):
+    """FWHM (pix) of the difference's PSF at each candidate: the measurements' ``fwhm_psf`` (the
+    local PSF, :class:`vo.images.subtract.tiles.LocalPSF`) where it is finite and positive,
+    else ``default`` (the difference's central FWHM); a scalar without the column."""
+    if measurements is None or "fwhm_psf" not in measurements.colnames or len(measurements) == 0:
+        return float(default)
+    f = np.asarray(measurements["fwhm_psf"], np.float64)
+    return np.where(np.isfinite(f) & (f > 0), f, float(default))
 
 
 def feature_matrix(names, measurements: Table | None = None, cutouts=None,
@@ -367,7 +389,8 @@ def score(measurements: Table | None, cutouts, algorithm: str = "democam_rb", mo
         the files shipped in ``vo/data/braai``).
     pars : the config's ``scoring`` section (``threshold``, ``braai_normalization``,
         ``braai_model_dir``).
-    fwhm : PSF FWHM of the new image (pix), for the ``stamp_*`` features.
+    fwhm : FWHM of the difference's PSF (pix) for the ``stamp_*`` features, where the
+        measurements have no local one (``fwhm_psf``, :func:`candidate_fwhm`).
 
     Returns
     -------
@@ -381,7 +404,8 @@ def score(measurements: Table | None, cutouts, algorithm: str = "democam_rb", mo
         if model is None:
             raise ModelError("democam_rb scoring needs a trained model (train_model/load_model)")
         n = len(measurements) if measurements is not None else len(_field(cutouts, "sub"))
-        values = (predict(model, feature_matrix(model["features"], measurements, cutouts, fwhm))
+        fw = candidate_fwhm(measurements, fwhm) if fwhm is not None else None
+        values = (predict(model, feature_matrix(model["features"], measurements, cutouts, fw))
                   if n else np.empty(0))
     else:
         from vo.images.realbogus import braai

@@ -56,6 +56,7 @@ from vo.images.detect.measure import measure
 from vo.images.extract.psf import PSFModel
 from vo.images.instruments.democam.plan import rng_for
 from vo.images.subtract import subtract
+from vo.images.subtract.tiles import LocalPSF
 
 
 log = logging.getLogger(__name__)
@@ -284,10 +285,12 @@ def pipeline_features(cfg: dict, new: Image, new_psf: PSFModel, new_zp: float, a
                     method=cfg["subtraction"]["method"])
     cand = detect_candidates(diff, cfg["detection"], wcs=new.wcs, new_psf=new_psf)
     cut = make_cutouts(cand, new, aligned_ref, diff, size=cfg["cutouts"]["size"])
-    meas = measure(cut, cand, diff.psf, new_zp, ref_sources, cfg["measurements"], pixel_scale=pixel_scale,
-                   keep_dropped=keep_dropped)
+    # as the workflow's measurements and scoring: each candidate with the difference's PSF where it is
+    meas = measure(cut, cand, LocalPSF(diff, new_psf), new_zp, ref_sources, cfg["measurements"],
+                   pixel_scale=pixel_scale, keep_dropped=keep_dropped)
     stamps = select_cutouts(cut, meas["id"])
-    st = rbscore.stamp_features(stamps["sub"], float(diff.meta["fwhm"]), stamps["sub_weight"], stamps["sub_flags"])
+    st = rbscore.stamp_features(stamps["sub"], rbscore.candidate_fwhm(meas, float(diff.meta["fwhm"])),
+                                stamps["sub_weight"], stamps["sub_flags"])
     for c in st.colnames:
         meas[c] = st[c]
     snr = dict(zip(np.asarray(cand["id"]), np.asarray(cand["snr"], float)))
