@@ -171,12 +171,12 @@ TABLE: tuple[Step, ...] = (
          {"measurements": "{exposure}/{ccd}.measurements.fits"},
          (_rule("measurements", _CCD, ("measurements",), _TR, per_ccd=True),), ingest="measurements",
          doc="fluxes, shapes and analytic cuts per candidate"),
-    Step("rb_training", "images", ("scoring", "injection"), ("measurements",), "2",  # 2: stamp widths vs diff PSF
+    Step("rb_training", "images", ("scoring", "injection"), ("measurements",), "3",  # 3: local PSF per candidate
          {"training_set": "{exposure}/{ccd}.training.fits", "rb_model": "democam_rb_model.json"},
          (_rule("rb_training_set", _CCD, ("training_set",), _TR, per_ccd=True),
           _rule("train_rb", (), ("rb_model",), _TR)),
          doc="labelled injections per new CCD; the democam_rb model trained on all of them"),
-    Step("scoring", "images", ("scoring",), ("measurements", "rb_training"), "2",  # 2: stamp widths vs diff PSF
+    Step("scoring", "images", ("scoring",), ("measurements", "rb_training"), "3",  # 3: local PSF per candidate
          {"scores": "{exposure}/{ccd}.scores.fits"},
          (_rule("scoring", _CCD, ("scores",), _TR, per_ccd=True),), ingest="scores",
          doc="real/bogus score per kept measurement"),
