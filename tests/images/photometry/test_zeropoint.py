@@ -95,8 +95,24 @@ def test_gaia_to_filter_validity_and_errors():
         gaia_to_filter(15.0, 1.0, "z")
     with pytest.raises(PhotometricError, match="upper-case R is Johnson-Cousins"):
         gaia_to_filter(15.0, 1.0, "R")
-    with pytest.raises(PhotometricError, match="no published gaia_dr3 -> decam"):
-        gaia_to_filter(15.0, 1.0, "z DECam SDSS c0004 9260.0 1520.0", "decam", "gaia_dr3")
+    with pytest.raises(PhotometricError, match="no published gaia_dr2 -> sdss"):
+        gaia_to_filter(15.0, 1.0, "r", "sdss", "gaia_dr2")
+
+
+def test_dr2_fits_on_dr3_tables_say_so():
+    """DECam and BASS/MzLS have DR2 fits only: on a DR3 table they are used as legacypipe uses them
+    on EDR3, with a larger scatter, and the zero point (and its file) name the relation."""
+    from vo.images.photometry.photometric import DR2_ON_DR3_EXTRA_SIGMA
+
+    z = "z DECam SDSS c0004 9260.0 1520.0"
+    assert gaia_to_filter(15.0, 1.0, z, "decam", "gaia_dr3") == gaia_to_filter(15.0, 1.0, z, "decam", "gaia_dr2")
+    assert transformation_sigma(z, "decam", "gaia_dr3") == pytest.approx(
+        np.hypot(transformation_sigma(z, "decam", "gaia_dr2"), DR2_ON_DR3_EXTRA_SIGMA))
+    src, cat, w = make_image(seed=11)
+    zp = fit_zero_point(src, cat, w, "r DECam SDSS", 60.0, {}, system="decam", release="gaia_dr3")
+    assert zp.ok and "gaia_dr2 fit" in zp.meta["relation"]
+    plain = fit_zero_point(src, cat, w, "r", 60.0, {})
+    assert plain.meta["relation"] == "gaia_dr3 -> sdss"
 
 
 def test_camera_systems_and_filter_names():
@@ -235,6 +251,7 @@ def test_write_read_zp(tmp_path):
     for name in ("zp", "zp_err", "colour_term", "colour_pivot", "apcor", "limmag5", "exptime"):
         assert getattr(back, name) == pytest.approx(getattr(zp, name)), name
     assert back.n_stars == zp.n_stars and back.ok and back.reason == ""
+    assert back.meta["relation"] == zp.meta["relation"] == "gaia_dr3 -> sdss"
     shifted = image_wcs()
     shifted.wcs.crval = [31.0, -20.0]  # nothing matches: no zero point
     bad = fit_zero_point(src, cat, shifted, "r", 45.0, {})

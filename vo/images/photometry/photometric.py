@@ -13,9 +13,13 @@ range, for one Gaia release and one system (a camera's natural bands, or SDSS):
 * ``("gaia_dr2", "bass_mzls")``: the Legacy Surveys' north: 90Prime (BASS) g, r and Mosaic3
   (MzLS) z, same source.
 
+* ``("gaia_dr3", "decam")`` and ``("gaia_dr3", "bass_mzls")``: the DR2 fits above on DR3
+  photometry, as legacypipe applies them to Gaia EDR3, with a larger scatter and a note in the
+  zero point (:data:`RELATION_NOTES`); no DR3 fit to these cameras is published that we know of.
+
 A release/system pair that is not here is refused with a message naming both (a Gaia DR2
-table with DR3 relations is off by up to 0.03 mag with colour; an SDSS relation on DECam z
-does not exist) rather than guessed. Filter names are read per system (:func:`band`): the first
+table with the DR3 SDSS relations is off by up to 0.03 mag with colour; an SDSS relation on
+DECam z does not exist) rather than guessed. Filter names are read per system (:func:`band`): the first
 word of DECam's ``FILTER`` (``"r DECam SDSS c0002 ..."``), BASS's ``bokr``/``bokg``, MzLS's ``zd``,
 SDSS's ``g r i`` (``sdss_`` prefix allowed). A bare upper-case ``R`` or ``I`` is Johnson-Cousins,
 not SDSS, and is refused.
@@ -56,6 +60,17 @@ RELATIONS: dict[tuple[str, str], dict[str, tuple[tuple[float, ...], tuple[float,
         "z": ((0.4862049092, -1.0278704657, 0.1220984456, 0.3000129189, -0.3770662617, 0.1696090596,
                -0.0331679127, 0.0023867628), (-0.6, 4.1), 0.03)},
 }
+#: DR2 fits used on Gaia DR3 tables, as legacypipe itself does (``gaia_to_decam`` on its EDR3
+#: chunks): DR3 G and BP-RP differ from DR2's by up to about 0.01-0.02 mag with colour and
+#: magnitude, so the scatter grows from 0.03 to 0.036 mag (0.02 added in quadrature) and the zero
+#: point says which relation it used (``meta["relation"]``)
+DR2_ON_DR3_EXTRA_SIGMA = 0.02
+for _system in ("decam", "bass_mzls"):
+    RELATIONS[("gaia_dr3", _system)] = {
+        b: (coef, rng, float(np.hypot(sig, DR2_ON_DR3_EXTRA_SIGMA)))
+        for b, (coef, rng, sig) in RELATIONS[("gaia_dr2", _system)].items()}
+RELATION_NOTES = {("gaia_dr3", "decam"): "gaia_dr2 fit (legacypipe gaia_to_decam) applied to Gaia DR3",
+                  ("gaia_dr3", "bass_mzls"): "gaia_dr2 fit (legacypipe) applied to Gaia DR3"}
 #: instrument name (lower case, INSTRUME) -> photometric system
 INSTRUMENT_SYSTEMS = {"decam": "decam", "90prime": "bass_mzls", "mosaic3": "bass_mzls", "mosaic": "bass_mzls"}
 _ALIASES = {"bass_mzls": {"bokr": "r", "bokg": "g", "zd": "z"}}

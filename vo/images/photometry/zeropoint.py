@@ -35,8 +35,8 @@ from scipy.spatial import cKDTree
 from vo import config as vconfig
 from vo.images.astrometry import WCSSolution, catalog_at_epoch, float_column
 from vo.sky import gnomonic
-from vo.images.photometry.photometric import (PhotometricError, colour_slope, gaia_to_filter, in_valid_range,
-                                               transformation_sigma)
+from vo.images.photometry.photometric import (RELATION_NOTES, PhotometricError, colour_slope, gaia_to_filter,
+                                               in_valid_range, transformation_sigma)
 from vo.io.fits import FitsError, open_fits, write_fits
 
 
@@ -265,7 +265,8 @@ def fit_zero_point(sources: Table, excerpt: Table, wcs, filter: str, exptime: fl
     si, ci = si[use], ci[use]
     n_cand = len(si)
     meta = dict(n_matched=int(use.size), n_candidates=int(n_cand), sys_error=sys_err,
-                flux_column=fcol, system=system, release=release)
+                flux_column=fcol, system=system, release=release,
+                relation=RELATION_NOTES.get((release, system), f"{release} -> {system}"))
     apcor = _aperture_correction(sources, good_src, si, p["apcor_snr"])
     fail = None
     colour_term = p["colour_term"] and n_cand >= max(p["min_stars"], 3)
@@ -332,7 +333,8 @@ def _number(value) -> float:
 
 def write_zp(path: str | os.PathLike, zp: ZeroPoint, attrs: dict | None = None) -> None:
     """Header-only FITS: ZP, ZP_ERR, ZP_COLT, ZP_CPIV, APCOR, LIMMAG5 (mag; blank when
-    undefined), ZP_N, ZP_OK, ZP_MSG, FILTER, EXPTIME, and provenance ``attrs``."""
+    undefined), ZP_N, ZP_OK, ZP_MSG, FILTER, EXPTIME, ZP_REL (the Gaia relation used), and
+    provenance ``attrs``."""
     primary = fits.PrimaryHDU()
     h = primary.header
     h["ZP"] = (_card(zp.zp), "m = -2.5 log10(flux e- in exposure) + ZP (AB)")
@@ -346,6 +348,8 @@ def write_zp(path: str | os.PathLike, zp: ZeroPoint, attrs: dict | None = None) 
     h["ZP_MSG"] = (zp.reason or "", "why the fit failed")
     h["FILTER"] = (zp.filter, "filter of the zero point")
     h["EXPTIME"] = (_card(zp.exptime), "exposure time (s)")
+    if zp.meta.get("relation"):
+        h["ZP_REL"] = (str(zp.meta["relation"])[:60], "Gaia to camera relation")
     write_fits(path, fits.HDUList([primary]), attrs)
 
 
@@ -360,4 +364,5 @@ def read_zp(path: str | os.PathLike) -> ZeroPoint:
                      colour_term=_number(h.get("ZP_COLT")), colour_pivot=_number(h.get("ZP_CPIV")),
                      apcor=_number(h.get("APCOR")), limmag5=_number(h.get("LIMMAG5")),
                      n_stars=int(h["ZP_N"]), ok=bool(h["ZP_OK"]), reason=str(h.get("ZP_MSG", "")),
-                     filter=str(h.get("FILTER", "")), exptime=_number(h.get("EXPTIME")))
+                     filter=str(h.get("FILTER", "")), exptime=_number(h.get("EXPTIME")),
+                     meta={"relation": str(h["ZP_REL"])} if "ZP_REL" in h else {})
