@@ -139,7 +139,7 @@ TABLE: tuple[Step, ...] = (
          {"wcs": "{exposure}/{ccd}.wcs.fits"},
          (_rule("astrometry", _CCD, ("wcs",), _IM, per_ccd=True),), ingest="world_coordinates",
          doc="TAN-SIP WCS against Gaia DR3"),
-    Step("zero_point", "images", ("zero_point",), ("astrometry",), "3",  # 3: Gaia colour errors weight the stars
+    Step("zero_point", "images", ("zero_point",), ("astrometry",), "3",  # 3: colour errors weight stars; DR3 on DECam
          {"zp": "{exposure}/{ccd}.zp.fits"},
          (_rule("zero_point", _CCD, ("zp",), _IM, per_ccd=True),), ingest="zero_points",
          doc="zero point, colour term, aperture correction, limiting magnitude"),
