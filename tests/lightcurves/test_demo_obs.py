@@ -254,3 +254,27 @@ def test_reduce_raw_photometry_and_store(tmp_path, targets):
     assert len(all_lcs) == 27
     assert {lc.attrs["source_name"] for lc in all_lcs} == set(targets["name"].iloc[:3])
     assert len({lc.filekey for lc in all_lcs}) == 27
+
+
+def test_hostile_source_names_keep_their_own_data(tmp_path, targets):
+    """Source keys are one to one and reversible: ``a/b`` and ``a_b`` (and ``a b``, ``a~b``,
+    non-ASCII, dots) each get their own group with their own star's photometry."""
+    from vo.lightcurves.datasets import unsanitize_key
+
+    hostile = ["a/b", "a_b", "a b", "a~b", "a~2Fb", "Ωmega cen", "..", "../etc", "x.y+z-1"]
+    keys = [sanitize_key(n) for n in hostile]
+    assert len(set(keys)) == len(hostile)
+    assert [unsanitize_key(k) for k in keys] == hostile
+    assert all("/" not in k and k not in (".", "..") for k in keys)
+    t = pd.concat([targets] * 2, ignore_index=True).head(len(hostile)).copy()
+    t["name"] = hostile
+    t["ra"] = t["ra"].to_numpy() + 0.01 * np.arange(len(t))  # distinct stars
+    store = tmp_path / "hostile.h5"
+    obs = make_obs()
+    manifest = obs.download_all_sources(t, store)
+    assert [s["status"] for s in manifest["sources"]] == ["downloaded"] * len(hostile)
+    with h5py.File(store) as f:
+        assert sorted(f) == sorted(keys)
+        for name, ra in zip(t["name"], t["ra"]):
+            _, attrs = vh5.read_table(f[sanitize_key(name)])
+            assert attrs["cat_row"]["name"] == name and attrs["cat_row"]["ra"] == pytest.approx(ra)

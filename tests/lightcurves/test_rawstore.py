@@ -189,7 +189,7 @@ def test_write_and_read_lightcurves(tmp_path):
     path = tmp_path / "DEMO_photometry_RA123_reduced.h5"
     lcs = [make_lc("DEMO_J1", 1, 2), make_lc("DEMO_J1", 2, 2), make_lc("DEMO J/2", 1, 1)]
     write_lightcurves(path, lcs, {"step": "reduce", "provenance_hash": "abc", "parameters": {"gap": 40}})
-    keys = ["DEMO_J1_reduction_01_of_02", "DEMO_J1_reduction_02_of_02", "DEMO_J_2_reduction_01_of_01"]
+    keys = ["DEMO_J1_reduction_01_of_02", "DEMO_J1_reduction_02_of_02", "DEMO~20J~2F2_reduction_01_of_01"]
     with h5py.File(path, "r") as f:
         assert sorted(f) == [INDEX_KEY] + keys
         assert vh5.read_attrs(f)["parameters"] == {"gap": 40} and f.attrs["n_lightcurves"] == 3
@@ -253,7 +253,7 @@ def test_raw_photometry_save_load_and_for_source(tmp_path, monkeypatch):
     cfg = vconfig.load_config(overrides={"project": {"data_root": str(tmp_path)}})
     raw = RawPhotometry.for_source(cfg, "demo", {"name": "DEMO J123.4+5", "ra": 123.4, "dec": 5.0},
                                    data=raw_table(), attrs={"download_params": {"seed": 1}})
-    assert raw.filekey == "DEMO_J123.4+5"
+    assert raw.filekey == "DEMO~20J123.4+5"  # the space escaped (one to one)
     path = raw.save()
     assert path == tmp_path / "DEMO" / "DEMO_photometry_RA123.h5"
     again = RawPhotometry(filename=raw.filename, folder=raw.folder, filekey=raw.filekey)

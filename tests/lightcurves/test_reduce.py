@@ -76,7 +76,7 @@ def test_make_lightcurves_split_and_numbering():
     assert len(lcs) == 6
     assert all(isinstance(lc, Lightcurve) for lc in lcs)
     keys = [lc.filekey for lc in lcs]
-    assert keys == [f"WD_J1234+5678_reduction_{i:02d}_of_06" for i in range(1, 7)]
+    assert keys == [f"WD~20J1234+5678_reduction_{i:02d}_of_06" for i in range(1, 7)]
     expected = [(s, f) for s in range(3) for f in ("g", "r")]
     assert [(lc.attrs["season"], lc.attrs["filter"]) for lc in lcs] == expected
     for lc in lcs:

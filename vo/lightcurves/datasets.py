@@ -20,13 +20,40 @@ import pandas as pd
 from vo.io import hdf5 as vh5
 
 
+_KEY_SAFE = re.compile(r"[A-Za-z0-9_.+\-]")
+_KEY_ESCAPE = re.compile(r"~([0-9A-F]{2})")
+
+
 @functools.lru_cache(maxsize=1 << 16)  # light-curve keys ask for each source's key many times
 def sanitize_key(name: str) -> str:
-    """HDF5-safe group key of a source name (``/`` and spaces become ``_``)."""
-    key = re.sub(r"[^A-Za-z0-9_.+\-]", "_", str(name).strip())
-    if not key:
+    """HDF5- and file-name-safe key of a source name, one to one (:func:`unsanitize_key` reverses it).
+
+    Letters, digits and ``_ . + -`` stay; every other byte of the UTF-8 name (``/``, spaces,
+    ``~`` itself) becomes ``~XX`` (hex), and so do the dots of a name that is only dots.  Why
+    not ``_`` for every unsafe character, as before: ``a/b`` and ``a_b`` then shared one group,
+    and one source got another's photometry without an error.  Surrounding spaces are not part
+    of a name (stripped).
+    """
+    text = str(name).strip()
+    if not text:
         raise ValueError(f"source name {name!r} gives an empty key")
-    return key
+    if set(text) == {"."}:
+        return "~2E" * len(text)
+    return "".join(ch if _KEY_SAFE.fullmatch(ch) else "".join(f"~{b:02X}" for b in ch.encode("utf-8"))
+                   for ch in text)
+
+
+def unsanitize_key(key: str) -> str:
+    """The source name of a key made by :func:`sanitize_key`."""
+    out, i = bytearray(), 0
+    while i < len(key):
+        if key[i] == "~" and _KEY_ESCAPE.match(key, i):
+            out.append(int(key[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out += key[i].encode("utf-8")
+            i += 1
+    return out.decode("utf-8")
 
 
 class _FileDataset:
