@@ -3,7 +3,8 @@ partial output (neither the product nor a temporary file is left behind).
 
 Everything runs through the rule bodies of :mod:`vo.pipeline.images` on a small DemoCam
 config: a truncated raw file and a truncated image, a missing HDU (the image's WEIGHT, the
-raw file's CCD), all-NaN and all-saturated raw data, an image with no stars, and an image
+raw file's CCD), an image with no stars; blank raw data (all NaN, all saturated, all zero) is
+not an error but flagged with its cause (skipped products that every later step passes on); and an image
 whose header WCS points at a sky region without catalog stars (no excerpt overlap): that one
 is not an error but a flagged WCS file (ASTR_OK false, with the reason), and the zero point
 after it is written flagged too, with the log line "skipped: astrometry failed".
@@ -91,22 +92,34 @@ def test_raw_missing_ccd(demo, tmp_path):
     assert str(bad) in msg and repr(ccd) in msg, msg
 
 
-@pytest.mark.parametrize("problem, expected", [("nan", "NaN"), ("saturated", "saturated")])
-def test_unusable_raw_data(demo, tmp_path, problem, expected):
+@pytest.mark.parametrize("problem, expected", [("nan", "NaN"), ("saturated", "saturated"), ("zero", "are 0")])
+def test_blank_raw_data_is_flagged_with_its_cause(demo, tmp_path, problem, expected):
+    """A CCD that holds no data (NaN, every pixel saturated, all zeros: a dead readout) is caught by
+    preprocessing with that cause, naming the file, and every step after it passes the reason
+    on (skipped products), instead of 92 noise "sources" and a failed astrometry."""
+    from vo.pipeline.skipped import skipped_reason
+
     cfg, ccd, io = demo
     inputs, outputs = io["preprocess"]
     hdul = raw_hdus(cfg, ccd)
     hdu = hdul[ccd]
     if problem == "nan":  # a float raw section (as some cameras write) holding only NaN
         hdul[ccd] = fits.ImageHDU(np.full(hdu.data.shape, np.nan, np.float32), header=hdu.header, name=ccd)
-    else:  # every pixel at the saturation level (ADU, incl. bias), overscan included
+    elif problem == "saturated":  # every pixel at the saturation level (ADU, incl. bias), overscan included
         hdu.data[...] = np.uint16(hdu.header["SATURATE"])
+    else:
+        hdu.data[...] = 0
     (tmp_path / problem).mkdir()
     bad = tmp_path / problem / f"{EXPOSURE}.fits"  # the exposure name comes from the file name
     hdul.writeto(bad)
-    msg = run_failing("preprocess", cfg, ccd, {**inputs, "raw": str(bad)}, outputs, tmp_path, ValueError)
-    assert str(bad) in msg and expected in msg, msg
-    assert ccd in msg and EXPOSURE in msg, msg
+    out = fresh_outputs(outputs, tmp_path / "out")
+    R.run_preprocess(cfg, EXPOSURE, ccd, {**inputs, "raw": str(bad)}, out)
+    why = skipped_reason(out["image"])
+    assert why is not None and "blank" in why and expected in why, why
+    assert str(bad) in why and ccd in why and EXPOSURE in why, why
+    ex_out = fresh_outputs(io["extract"][1], tmp_path / "ex")
+    R.run_extract(cfg, EXPOSURE, ccd, {"image": out["image"]}, ex_out)
+    assert all(skipped_reason(p) == why for p in ex_out.values())
 
 
 # -- images: extraction ----------------------------------------------------------------------

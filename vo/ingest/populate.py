@@ -146,7 +146,10 @@ def _scan_products(project_dir: Path) -> dict:
             if kind is None:
                 continue
             ccd = path.name[: -len(next(s for s, k in _SUFFIX_KIND.items() if k == kind))]
-            attrs = read_provenance(read_headers(path)[0])
+            header = read_headers(path)[0]
+            if header.get("VO_SKIP", False):  # a skipped-product marker (vo.pipeline.skipped): no rows
+                continue
+            attrs = read_provenance(header)
             if attrs:
                 found.setdefault((kind, path.parent.name, ccd), []).append((path, attrs))
     return found

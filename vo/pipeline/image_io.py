@@ -162,11 +162,13 @@ def file_attrs(cfg: dict, step: str) -> dict:
     return vprov.file_attrs(cfg, step, instrument_key(cfg))
 
 
-def skippable(prov_step: str):
-    """Decorate a transient rule body ``run_x(cfg, *job, inputs, outputs)``: when an input is a
+def skippable(prov_step: str, members_optional: bool = False):
+    """Decorate a rule body ``run_x(cfg, *job, inputs, outputs)``: when an input is a
     skipped-product marker, or the body raises :class:`SkipProduct`, every output is written as a
     skipped marker with the reason (and the step's provenance) and a warning is logged, instead of
-    failing the job (see :mod:`vo.pipeline.skipped`)."""
+    failing the job (see :mod:`vo.pipeline.skipped`).  With ``members_optional`` the inputs given
+    as lists (the reference images of a coadd) are the body's to judge: one skipped member does
+    not skip the step."""
     def decorate(func):
         signature = inspect.signature(func)
 
@@ -175,7 +177,7 @@ def skippable(prov_step: str):
             bound = signature.bind(*args, **kwargs).arguments
             cfg, inputs, outputs = bound["cfg"], bound["inputs"], bound["outputs"]
             job = [str(v) for k, v in bound.items() if k not in ("cfg", "inputs", "outputs")]
-            hit = first_skipped(inputs.values())
+            hit = first_skipped(v for v in inputs.values() if not (members_optional and isinstance(v, (list, tuple))))
             if hit is None:
                 try:
                     return func(*args, **kwargs)

@@ -13,7 +13,8 @@ import os
 from vo import provenance as vprov
 from vo.io.atomic import write_text
 from vo.paths import Paths
-from vo.pipeline.image_io import file_attrs, instrument, instrument_key
+from vo.pipeline.image_io import file_attrs, instrument, instrument_key, skippable
+from vo.pipeline.skipped import SkipProduct
 
 log = logging.getLogger("vo.images")
 
@@ -62,21 +63,28 @@ def run_master_flat(cfg: dict, ccd: str, filt: str, inputs: dict, outputs: dict)
     log.info("master flat %s %s from %d frames", ccd, filt, len(inputs["raw"]))
 
 
+@skippable("preprocessing")
 def run_preprocess(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Overscan, trim, bias, flat, gain, weights and flags of one CCD (or, for calibrated images,
     the image read with its weights and masks)."""
     from vo.images.calibrate import calibration
     from vo.images.image import write_image
-    from vo.images.calibrate.preprocess import preprocess
+    from vo.images.calibrate.preprocess import blank_reason, preprocess, raw_blank_reason
 
     inst = instrument(cfg)
     if getattr(inst, "calibrated", False):  # an already calibrated image: read as it is
         image = inst.read_image(inputs["raw"], ccd, exposure)
+        why = blank_reason(image.sci)
+        if why:
+            raise SkipProduct(f"{exposure} {ccd}: {why} in {inputs['raw']}")
         write_image(outputs["image"], image, file_attrs(cfg, "preprocessing"))
         log.info("%s %s: calibrated image read from %s", exposure, ccd, inputs["raw"])
         return
     meta = {"instrument": cfg["images"]["instrument"], **inst.read_exposure_header(inputs["raw"])}
     raw = inst.read_section(inputs["raw"], ccd)
+    why = raw_blank_reason(raw, f"{inputs['raw']} {ccd}")
+    if why:  # caught here with its cause, not later as "too few stars" (flagged, the night goes on)
+        raise SkipProduct(f"{exposure} {ccd}: {why} (data section of {inputs['raw']})")
     bias, _ = calibration.read_master(inputs["bias"], "bias")
     flat = calibration.read_master(inputs["flat"], "flat")[0] if cfg["preprocessing"]["flat"] else None
     image = preprocess(raw, bias, flat, cfg["preprocessing"], overscan=cfg["calibration"], meta=meta,
@@ -85,6 +93,7 @@ def run_preprocess(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
     log.info("%s %s: preprocessed, %d flagged pixels", exposure, ccd, int((image.flags != 0).sum()))
 
 
+@skippable("extraction")
 def run_extract(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Background, sources, PSF and photometry of one CCD."""
     from vo.images.extract.background import write_background
@@ -142,6 +151,7 @@ def excerpt_tile_files(cfg: dict, image_file: str) -> list[str]:
     return [str(f) for f in files if f.exists()]
 
 
+@skippable("astrometry")
 def run_astrometry(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Fit the WCS against the reference catalog; a failure is flagged in the file, not raised (a
     calibrated image keeps its own WCS, with the reason in the file)."""
@@ -185,6 +195,7 @@ def background_rms(sources, background_file: str) -> float:
     return float(np.median(read_background(background_file).rms))
 
 
+@skippable("zero_point")
 def run_zero_point(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Zero point, aperture correction and limiting magnitude; skipped (flagged) without a WCS."""
     import numpy as np
@@ -236,6 +247,7 @@ def run_zero_point(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
 
 
 
+@skippable("ingest_images")
 def run_ingest_images(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Put one CCD's products (and its reference-catalog tiles) into the database."""
     from vo.db import engine as vengine

@@ -53,19 +53,26 @@ def write_skipped(path: str | os.PathLike, reason: str, attrs: dict | None = Non
 
 
 def skipped_reason(path: str | os.PathLike) -> str | None:
-    """The reason of a skipped-product marker at ``path``, or None for a real product."""
+    """The reason of a skipped-product marker at ``path``, or None for a real product (and for a
+    file that cannot be read: the step's own reader then says what is wrong with it, naming it)."""
     path = Path(path)
     name = path.name
     if not path.exists():
         return None
     if name.endswith((".fits", ".fits.fz")):
-        header = fits.getheader(path, 0)
+        try:
+            header = fits.getheader(path, 0)
+        except (OSError, ValueError):
+            return None
         return str(header.get(WHY_KEY, "")) if header.get(SKIP_KEY, False) else None
     if name.endswith((".h5", ".hdf5")):
         import h5py
 
-        with h5py.File(path, "r") as f:
-            return str(f.attrs.get(WHY_KEY, "")) if f.attrs.get(SKIP_KEY, False) else None
+        try:
+            with h5py.File(path, "r") as f:
+                return str(f.attrs.get(WHY_KEY, "")) if f.attrs.get(SKIP_KEY, False) else None
+        except (OSError, ValueError):
+            return None
     if name.endswith(".json"):
         try:
             data = json.loads(path.read_text())

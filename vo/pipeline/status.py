@@ -182,6 +182,10 @@ def _recorded_failure(path: Path) -> str | None:
         return None
     from vo.pipeline.skipped import skipped_reason
 
+    if name.endswith((".h5", ".hdf5")):
+        import h5py
+
+        h5py.File(path, "r").close()  # a damaged file raises here (skipped_reason would say "not skipped")
     why = skipped_reason(path) if name.endswith((".h5", ".hdf5", ".json")) else None
     return None if why is None else f"skipped: {why}"
 

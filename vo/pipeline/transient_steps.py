@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
-from vo.pipeline.skipped import SkipProduct, skipped_reason
+from vo.pipeline.skipped import SkipProduct, first_skipped, skipped_reason
 from vo.io.atomic import write_text
 from vo.paths import Paths
 from vo.pipeline.image_io import ccds, file_attrs, instrument, instrument_key, new_exposures, rule_io, skippable
@@ -18,7 +18,7 @@ from vo.pipeline.image_io import ccds, file_attrs, instrument, instrument_key, n
 log = logging.getLogger("vo.images")
 
 
-@skippable("references")
+@skippable("references", members_optional=True)
 def run_references(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Coadd the reference images overlapping new image ``exposure`` ``ccd`` (chosen by the
     reference policy, :mod:`vo.images.reference.pairing`) onto the grid of its planned footprint.
@@ -44,6 +44,11 @@ def run_references(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
                           f"(references.min_overlap) under the reference policy (references.select)")
     images, psfs, zps, left_out = [], [], [], []
     for img, psf, wcs, zp in zip(inputs["image"], inputs["psf"], inputs["wcs"], inputs["zp"]):
+        skipped = first_skipped([img, psf, wcs, zp])  # e.g. a blank CCD of a reference exposure
+        if skipped is not None:
+            left_out.append(f"{img}: {skipped[1]}")
+            log.warning("%s: leaving out %s (%s)", name, img, skipped[1])
+            continue
         sol, z, model = read_wcs(wcs), read_zp(zp), read_psf(psf)
         if not (sol.ok and z.ok and model.ok):
             why = "; ".join(r for ok, r in ((sol.ok, sol.reason), (z.ok, z.reason), (model.ok, model.why)) if not ok)

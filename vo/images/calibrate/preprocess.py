@@ -65,6 +65,37 @@ NOISE_RATIO = (0.5, 2.0)
 log = logging.getLogger("vo.images.calibrate.preprocess")
 
 
+# -- blank data ---------------------------------------------------------------------------
+#: a section whose pixels are this fraction (or more) one value is blank (a dead CCD or
+#: amplifier chain, a readout that wrote zeros); a few cosmic rays or hot pixels do not save it
+BLANK_FRACTION = 0.99
+
+
+def blank_reason(data: np.ndarray, step: int = 7, saturation: float | None = None) -> str | None:
+    """Why ``data`` (a raw section or image, any shape) is blank, or None: no finite pixel, or
+    :data:`BLANK_FRACTION` of the finite pixels (every ``step``-th one in each axis) equal to
+    one value (said to be saturated when it reaches ``saturation``).  A blank CCD otherwise goes through extraction as noise peaks (an all-zero CCD
+    gave 92 "sources") and fails later for a reason that hides the cause."""
+    a = np.asarray(data)
+    sub = a[::step, ::step] if a.ndim == 2 else a.ravel()[::step]
+    finite = sub[np.isfinite(sub)] if sub.dtype.kind == "f" else sub.ravel()
+    if finite.size == 0:
+        return "blank: every pixel is NaN or infinite"
+    value = np.median(finite)
+    frac = float(np.count_nonzero(finite == value)) / finite.size
+    if frac >= BLANK_FRACTION and (saturation is None or value < saturation):
+        return f"blank: {frac:.1%} of the pixels are {value:g}"
+    if frac >= BLANK_FRACTION:
+        return f"blank: {frac:.1%} of the pixels are {value:g}, saturated (level {saturation:g})"
+    return None
+
+
+def raw_blank_reason(raw, where: str = "section") -> str | None:
+    """:func:`blank_reason` of a RawSection's data section (overscans excluded; ADU)."""
+    sat = min(a.saturation for a in amplifiers(raw, where))
+    return blank_reason(raw.data[_slices(raw.datasec, raw.data.shape, f"{where}: datasec")], saturation=sat)
+
+
 # -- geometry -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Amplifier:
