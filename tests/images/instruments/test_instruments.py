@@ -142,3 +142,19 @@ def test_kind_and_filter_parsing():
     assert Instrument.exposure_kind("zero") == "bias" and Instrument.exposure_kind("DOME FLAT") == "flat"
     assert Instrument.exposure_kind(None) == "object"
     assert Instrument().parse_filter("i DECam SDSS c0003 7835.0 1470.0") == "i"
+
+
+def test_no_science_exposure_is_an_error_naming_the_folder(tmp_path):
+    """A DECam config whose raw folder is missing, empty or holds only calibrations plans nothing:
+    an error naming the folder and what was found, not zero image jobs without a word."""
+    cfg = cfg_for(tmp_path)
+    inst = get_instrument("DECam", cfg)
+    folder = tmp_path / "DECAM" / "raw"
+    with pytest.raises(ValueError, match=r"no science exposure in the raw folder .*DECAM/raw \(the folder does not exist\)"):
+        inst.exposure_names(cfg)
+    folder.mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no \.fits/\.fits\.fz file\); put the raw files there or list them in images.exposures"):
+        inst.exposure_names(cfg)
+    raw_file(folder / "c4d_bias1.fits", obstype="zero")
+    with pytest.raises(ValueError, match=r"1 raw files, none an object exposure \(kinds: \['bias'\]\)"):
+        inst.exposure_names(cfg)

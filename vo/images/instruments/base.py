@@ -156,7 +156,16 @@ class Instrument:
         listed = cfg["images"].get("exposures")
         if listed:
             return list(listed)
-        return [n for n, t in self._scan_raw(cfg).items() if t["kind"] == "object"]
+        scanned = self._scan_raw(cfg)
+        names = [n for n, t in scanned.items() if t["kind"] == "object"]
+        if not names:  # planning nothing without a word looked like a finished night
+            folder = self.raw_folder()
+            found = (f"{len(scanned)} raw files, none an object exposure (kinds: "
+                     f"{sorted({t['kind'] for t in scanned.values()})})" if scanned
+                     else "no .fits/.fits.fz file" if folder.is_dir() else "the folder does not exist")
+            raise ValueError(f"{cfg['images']['instrument']}: no science exposure in the raw folder {folder} "
+                             f"({found}); put the raw files there or list them in images.exposures")
+        return names
 
     def calibration_names(self, cfg: dict) -> dict:
         """``{"bias": [names], "flat": {filter: [names]}}`` from ``images.bias_exposures`` /
