@@ -97,8 +97,45 @@ def validate(cfg: dict, source: str = "<config>", schema: dict | None = None) ->
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed))
         where = f"{path}." if path else ""
-        raise ConfigError(f"{source}: unknown key {where}{extra[0]!s} (allowed here: {', '.join(allowed)})")
-    raise ConfigError(f"{source}: invalid value for {path or '<top>'}: {err.message}")
+        exc = ConfigError(f"{source}: unknown key {where}{extra[0]!s} (allowed here: {', '.join(allowed)})")
+        exc.key = f"{where}{extra[0]!s}"
+        raise exc
+    exc = ConfigError(f"{source}: invalid value for {path or '<top>'}: {err.message}")
+    exc.key = path
+    raise exc
+
+
+_MISSING = object()
+
+
+def _at(data, key: str):
+    """``data``'s value at dotted ``key``, or ``_MISSING``."""
+    for part in key.split(".") if key else [None]:
+        if part is None or not isinstance(data, dict) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
+
+
+def validate_files(cfg: dict, files, overrides: dict | None = None) -> None:
+    """:func:`validate` for a config merged from ``files`` (lowest precedence first) and then
+    ``overrides`` (Snakemake's ``--config``): the error names where the offending value comes
+    from (the last file that has that value at that key, else ``--config``) -- Snakemake's own
+    check names the key and value but not the file."""
+    try:
+        validate(cfg, "config")
+    except ConfigError as exc:
+        key = getattr(exc, "key", "")
+        bad = _at(cfg, key)
+        source = "--config" if overrides and _at(overrides, key) is not _MISSING else "the merged config"
+        for f in files:
+            try:
+                value = _at(read_yaml(f), key)
+            except ConfigError:
+                continue
+            if value is not _MISSING and value == bad:
+                source = str(f)
+        raise ConfigError(f"{source}: {str(exc).removeprefix('config: ')}") from None
 
 
 def read_yaml(path: str | os.PathLike, key: str | None = None) -> dict:

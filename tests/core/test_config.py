@@ -1,5 +1,6 @@
 """Config: schema defaults, merging, validation errors that name the key and the file."""
 
+import re
 import subprocess
 import sys
 
@@ -155,3 +156,31 @@ def test_workflow_config_is_what_snakemake_runs(tmp_path):
     f.write_text(yaml.safe_dump({"references": {"select": "someday"}}))
     with pytest.raises(vconfig.ConfigError, match="mine.yaml"):
         vconfig.workflow_config(f)
+
+
+def test_snakemake_names_the_config_file_of_a_bad_value(tmp_path):
+    """Through Snakemake (a dry run) a bad value or key is named with the file that sets it, or
+    with --config; the error says key and value too."""
+    from workflow_helpers import smk
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("analysis:\n  snr_threshold: -5\n")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("analysis:\n  snr_treshold: 5\n")
+    for args, where, what in (
+            (["--configfile", str(bad)], str(bad), "invalid value for analysis.snr_threshold: -5"),
+            (["--configfile", str(unknown)], str(unknown), "unknown key analysis.snr_treshold"),
+            (["--config", "bogus_section=1"], "--config", "unknown key bogus_section")):
+        out = smk(["-n", "--cores", "1", *args], tmp_path, check=False)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0 and f"{where}: {what}" in text, text[-2000:]
+
+
+def test_validate_files_names_the_last_file_with_the_value(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("analysis:\n  snr_threshold: 5\n")
+    b.write_text("analysis:\n  snr_threshold: -1\n")
+    cfg = vconfig.deep_merge(vconfig.read_yaml(a), vconfig.read_yaml(b))
+    with pytest.raises(vconfig.ConfigError, match=rf"^{re.escape(str(b))}: invalid value for analysis.snr_threshold"):
+        vconfig.validate_files(cfg, [a, b])
+    vconfig.validate_files(vconfig.read_yaml(a), [a])  # a good config passes
