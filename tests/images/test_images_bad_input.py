@@ -206,3 +206,20 @@ def test_excerpt_without_overlap_flags_wcs_and_zero_point(demo, tmp_path, caplog
     assert zp.reason.startswith("skipped: astrometry failed") and "overlaps" in zp.reason, zp.reason
     assert "skipped: astrometry failed" in caplog.text and EXPOSURE in caplog.text and ccd in caplog.text
     assert sorted(p.name for p in (tmp_path / "zp").iterdir()) == [Path(z_out["zp"]).name]
+
+
+def test_unreachable_catalog_fails_the_job_and_stores_nothing(demo, tmp_path, monkeypatch):
+    """A Gaia archive that cannot be reached (a closed port on 127.0.0.1) is a transient failure:
+    the astrometry job fails naming the tile and server (Snakemake retries it), and no flagged
+    WCS is written that would keep the CCD failed once the archive is back (issue 15)."""
+    from vo.images.astrometry.excerpts import CatalogOfflineError, GaiaArchiveFetcher
+    from vo.pipeline import image_steps
+
+    cfg, ccd, io = demo
+    cfg = {**cfg, "project": {**cfg["project"], "data_root": str(tmp_path / "root")}}  # an empty tile cache
+    monkeypatch.setenv("VO_DATA", str(tmp_path / "root"))
+    monkeypatch.setattr(image_steps, "fetcher", lambda cfg: GaiaArchiveFetcher(url="http://127.0.0.1:9/", timeout=1))
+    inputs = {"image": io["extract"][0]["image"], "sources": io["extract"][1]["sources"]}
+    outputs = R.rule_io("astrometry", cfg, EXPOSURE, ccd)[1]
+    msg = run_failing("astrometry", cfg, ccd, inputs, outputs, tmp_path, CatalogOfflineError)
+    assert "127.0.0.1:9" in msg and "tile" in msg, msg

@@ -154,7 +154,9 @@ def excerpt_tile_files(cfg: dict, image_file: str) -> list[str]:
 @skippable("astrometry")
 def run_astrometry(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: dict) -> None:
     """Fit the WCS against the reference catalog; a failure is flagged in the file, not raised (a
-    calibrated image keeps its own WCS, with the reason in the file)."""
+    calibrated image keeps its own WCS, with the reason in the file).  An unreachable catalog
+    server is not a failure of the image: the job fails (retried), no flagged WCS is stored that a
+    rerun would keep once the server is back."""
     from vo.images.astrometry import excerpts
     from vo.images.astrometry import WCSSolution, solve_wcs, write_wcs
     from vo.images.extract import read_sources
@@ -166,6 +168,8 @@ def run_astrometry(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
     try:
         excerpt = excerpts.get_excerpt(Paths(cfg), cfg, footprint(hdr, image.sci.shape), fetcher(cfg))
         sol = solve_wcs(sources, excerpt, hdr, float(hdr["MJD-OBS"]), cfg["astrometry"], shape=image.sci.shape)
+    except excerpts.CatalogOfflineError:  # transient: the job fails (Snakemake retries), nothing is stored
+        raise
     except excerpts.ExcerptError as exc:  # no overlap: flag, do not crash the workflow
         from astropy.wcs import WCS
         sol = WCSSolution(wcs=WCS(hdr), rms_arcsec=float("nan"), n_stars=0, ok=False, reason=str(exc))
