@@ -493,12 +493,34 @@ def postgres_run(accounting_cluster, local_run, tmp_path_factory, postgres_serve
     with a shared server runs it: ``root``, ``url``, ``log``."""
     root = tmp_path_factory.mktemp("slurm_pg")
     cfg = root.parent / f"{root.name}.yaml"
-    cfg.write_text(yaml.safe_dump({**SMALL, "images": {"enabled": True, "jobs": "exposure"}}))
     url = postgres_server.url(postgres_server.create_database())
+    # a password planted in the URL, in the config file and the environment (the test server
+    # trusts local connections, so it is sent and ignored): it must appear in no file of the run
+    with_password = url.replace("@", f":{PLANTED_PASSWORD}@", 1)
+    cfg.write_text(yaml.safe_dump({**SMALL, "images": {"enabled": True, "jobs": "exposure"},
+                                   "database": {"url": with_password}}))
+    started = time.time()
     log = snakemake(["--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(cfg),
                      "--slurm-logdir", str(root / "slurm_logs"), *FAST_STATUS], root, accounting_cluster.env,
-                    db_url=url)
-    return SimpleNamespace(root=root, url=url, log=log)
+                    db_url=with_password)
+    return SimpleNamespace(root=root, url=url, log=log, started=started)
+
+
+PLANTED_PASSWORD = "Pl4nted-s3cret-9f3k"
+
+
+def test_a_planted_database_password_is_written_nowhere(postgres_run):
+    """Every file of the run (products, merged config, rule logs, benchmarks, SLURM job logs,
+    receipts), Snakemake's own logs of this run and its output: no trace of the password given
+    in the config file and in VO_DB_URL (issue 15)."""
+    files = [p for p in postgres_run.root.rglob("*") if p.is_file()]
+    files += [p for p in (REPO / ".snakemake").rglob("*.log") if p.stat().st_mtime >= postgres_run.started - 1]
+    files.append(postgres_run.root.parent / f"{postgres_run.root.name}.snakemake.log")
+    assert len(files) > 50
+    leaked = [str(p) for p in files if PLANTED_PASSWORD.encode() in p.read_bytes()]
+    assert not leaked, f"the password is written in {leaked}"
+    assert PLANTED_PASSWORD not in postgres_run.log
+    assert "***" in next(postgres_run.root.rglob("00_config_*.yaml")).read_text()  # masked, not dropped
 
 
 def test_exposure_jobs_into_postgresql_give_the_local_files_and_rows(postgres_run, local_run):
