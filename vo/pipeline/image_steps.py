@@ -69,26 +69,24 @@ def run_preprocess(cfg: dict, exposure: str, ccd: str, inputs: dict, outputs: di
     the image read with its weights and masks)."""
     from vo.images.calibrate import calibration
     from vo.images.image import write_image
-    from vo.images.calibrate.preprocess import blank_reason, preprocess, raw_blank_reason
+    from vo.images.calibrate.preprocess import BlankDataError, check_not_blank, preprocess
 
     inst = instrument(cfg)
-    if getattr(inst, "calibrated", False):  # an already calibrated image: read as it is
-        image = inst.read_image(inputs["raw"], ccd, exposure)
-        why = blank_reason(image.sci)
-        if why:
-            raise SkipProduct(f"{exposure} {ccd}: {why} in {inputs['raw']}")
-        write_image(outputs["image"], image, file_attrs(cfg, "preprocessing"))
-        log.info("%s %s: calibrated image read from %s", exposure, ccd, inputs["raw"])
-        return
-    meta = {"instrument": cfg["images"]["instrument"], **inst.read_exposure_header(inputs["raw"])}
-    raw = inst.read_section(inputs["raw"], ccd)
-    why = raw_blank_reason(raw, f"{inputs['raw']} {ccd}")
-    if why:  # caught here with its cause, not later as "too few stars" (flagged, the night goes on)
-        raise SkipProduct(f"{exposure} {ccd}: {why} (data section of {inputs['raw']})")
-    bias, _ = calibration.read_master(inputs["bias"], "bias")
-    flat = calibration.read_master(inputs["flat"], "flat")[0] if cfg["preprocessing"]["flat"] else None
-    image = preprocess(raw, bias, flat, cfg["preprocessing"], overscan=cfg["calibration"], meta=meta,
-                       filename=inputs["raw"])
+    try:  # a blank CCD is flagged with its cause (skipped products), the night goes on
+        if getattr(inst, "calibrated", False):  # an already calibrated image: read as it is
+            image = inst.read_image(inputs["raw"], ccd, exposure)
+            check_not_blank(image.sci, f"{inputs['raw']}: exposure {exposure} ccd {ccd}")
+            write_image(outputs["image"], image, file_attrs(cfg, "preprocessing"))
+            log.info("%s %s: calibrated image read from %s", exposure, ccd, inputs["raw"])
+            return
+        meta = {"instrument": cfg["images"]["instrument"], **inst.read_exposure_header(inputs["raw"])}
+        raw = inst.read_section(inputs["raw"], ccd)
+        bias, _ = calibration.read_master(inputs["bias"], "bias")
+        flat = calibration.read_master(inputs["flat"], "flat")[0] if cfg["preprocessing"]["flat"] else None
+        image = preprocess(raw, bias, flat, cfg["preprocessing"], overscan=cfg["calibration"], meta=meta,
+                           filename=inputs["raw"])
+    except BlankDataError as exc:
+        raise SkipProduct(str(exc)) from exc
     write_image(outputs["image"], image, file_attrs(cfg, "preprocessing"))
     log.info("%s %s: preprocessed, %d flagged pixels", exposure, ccd, int((image.flags != 0).sum()))
 

@@ -74,8 +74,9 @@ BLANK_FRACTION = 0.99
 def blank_reason(data: np.ndarray, step: int = 7, saturation: float | None = None) -> str | None:
     """Why ``data`` (a raw section or image, any shape) is blank, or None: no finite pixel, or
     :data:`BLANK_FRACTION` of the finite pixels (every ``step``-th one in each axis) equal to
-    one value (said to be saturated when it reaches ``saturation``).  A blank CCD otherwise goes through extraction as noise peaks (an all-zero CCD
-    gave 92 "sources") and fails later for a reason that hides the cause."""
+    one value (said to be saturated when it reaches ``saturation``).  A blank CCD otherwise goes
+    through extraction as noise peaks (an all-zero CCD gave 92 "sources") and fails later for a
+    reason that hides the cause."""
     a = np.asarray(data)
     sub = a[::step, ::step] if a.ndim == 2 else a.ravel()[::step]
     finite = sub[np.isfinite(sub)] if sub.dtype.kind == "f" else sub.ravel()
@@ -90,10 +91,16 @@ def blank_reason(data: np.ndarray, step: int = 7, saturation: float | None = Non
     return None
 
 
-def raw_blank_reason(raw, where: str = "section") -> str | None:
-    """:func:`blank_reason` of a RawSection's data section (overscans excluded; ADU)."""
-    sat = min(a.saturation for a in amplifiers(raw, where))
-    return blank_reason(raw.data[_slices(raw.datasec, raw.data.shape, f"{where}: datasec")], saturation=sat)
+class BlankDataError(ValueError):
+    """A CCD that holds no data (:func:`blank_reason`); the message names the file, exposure,
+    CCD and cause.  The workflow flags it (skipped products) instead of failing the night."""
+
+
+def check_not_blank(data: np.ndarray, where: str, saturation: float | None = None) -> None:
+    """Raise :class:`BlankDataError` (``where: cause``) when ``data`` is blank."""
+    why = blank_reason(data, saturation=saturation)
+    if why:
+        raise BlankDataError(f"{where}: {why}")
 
 
 # -- geometry -----------------------------------------------------------------------------
@@ -330,9 +337,10 @@ def preprocess(raw, bias: np.ndarray | None, flat: np.ndarray | None, pars: dict
 
     Raises
     ------
+    BlankDataError
+        naming the file, exposure, ccd and cause, for blank data (all NaN, one value, saturated).
     ValueError
-        naming the file, exposure and ccd, for all-NaN or all-saturated data and for
-        calibration frames whose shape differs from the trimmed section.
+        for calibration frames whose shape differs from the trimmed section.
     """
     meta = meta or {}
     overscan = overscan or vconfig.defaults()["calibration"]
@@ -340,6 +348,7 @@ def preprocess(raw, bias: np.ndarray | None, flat: np.ndarray | None, pars: dict
     dy, dx = _slices(raw.datasec, raw.data.shape, f"{where}: datasec")
     shape = (dy.stop - dy.start, dx.stop - dx.start)
     sci, amps, levels = overscan_corrected(raw, overscan, where)
+    check_not_blank(raw.data[dy, dx], where, min(a.saturation for a in amps))
     bias_level = 0.0
     if bias is not None:
         _check_shape(bias, shape, "master bias", where)
@@ -347,11 +356,9 @@ def preprocess(raw, bias: np.ndarray | None, flat: np.ndarray | None, pars: dict
         bias_level = float(np.nanmedian(bias[::8, ::8]))
     flg = np.zeros(shape, dtype=pixflags.DTYPE)
     n_bad = _flag_nonfinite(sci, flg)
-    if n_bad == sci.size:
-        raise ValueError(f"{where}: all {shape[0]}x{shape[1]} data pixels are NaN or infinite")
     sat = saturation_mask(raw, amps)
-    if int(np.count_nonzero(sat)) >= sci.size - n_bad:
-        raise ValueError(f"{where}: all finite data pixels are saturated (raw ADU >= saturation)")
+    if int(np.count_nonzero(sat)) >= sci.size - n_bad:  # saturated everywhere, not one value
+        raise BlankDataError(f"{where}: all finite data pixels are saturated (raw ADU >= saturation)")
     to_electrons(sci, amps)
     weight = poisson_variance(sci, max(a.read_noise for a in amps))  # variance until inverted
     for amp in amps:
