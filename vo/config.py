@@ -110,8 +110,10 @@ _MISSING = object()
 
 def _at(data, key: str):
     """``data``'s value at dotted ``key``, or ``_MISSING``."""
-    for part in key.split(".") if key else [None]:
-        if part is None or not isinstance(data, dict) or part not in data:
+    if not key:
+        return _MISSING
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
             return _MISSING
         data = data[part]
     return data

@@ -98,7 +98,7 @@ def stamp_features(sub: np.ndarray, fwhm: float, weight: np.ndarray | None = Non
     if sub.ndim != 3 or sub.shape[1] != sub.shape[2] or sub.shape[1] % 2 == 0:
         raise ValueError(f"stamp features: stamps must be (N, S, S) with S odd, got {sub.shape}")
     n, size, _ = sub.shape
-    fwhm = np.broadcast_to(np.asarray(fwhm, np.float64), (n,)) if np.ndim(fwhm) else np.full(n, float(fwhm))
+    fwhm = np.broadcast_to(np.asarray(fwhm, np.float64), (n,))  # one per stamp, or one for all
     if not np.all(np.isfinite(fwhm) & (fwhm > 0)):
         bad_fwhm = fwhm[~(np.isfinite(fwhm) & (fwhm > 0))][:3]
         raise ValueError(f"stamp features: PSF FWHM must be positive, got {bad_fwhm}")
