@@ -21,7 +21,7 @@ from vo.io import hdf5 as vh5
 
 
 _KEY_SAFE = re.compile(r"[A-Za-z0-9_.+\-]")
-_KEY_ESCAPE = re.compile(r"~([0-9A-F]{2})")
+_KEY_ESCAPE = re.compile(rb"~([0-9A-F]{2})")
 
 
 @functools.lru_cache(maxsize=1 << 16)  # light-curve keys ask for each source's key many times
@@ -45,15 +45,7 @@ def sanitize_key(name: str) -> str:
 
 def unsanitize_key(key: str) -> str:
     """The source name of a key made by :func:`sanitize_key`."""
-    out, i = bytearray(), 0
-    while i < len(key):
-        if key[i] == "~" and _KEY_ESCAPE.match(key, i):
-            out.append(int(key[i + 1:i + 3], 16))
-            i += 3
-        else:
-            out += key[i].encode("utf-8")
-            i += 1
-    return out.decode("utf-8")
+    return _KEY_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), key.encode("utf-8")).decode("utf-8")
 
 
 class _FileDataset:

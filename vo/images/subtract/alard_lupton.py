@@ -199,8 +199,6 @@ def residual_background(diff: np.ndarray, mask: np.ndarray, order: int, info: di
         info["residual_background"] = float(coef[0])
     uu = 2 * np.arange(nx, dtype=np.float32) / max(nx - 1, 1) - 1
     vv = 2 * np.arange(ny, dtype=np.float32) / max(ny - 1, 1) - 1
-    if order == 0:
-        return np.full(diff.shape, np.float32(coef[0]), np.float32)
     return np.tensordot(coef.astype(np.float32), poly_terms(uu[None, :], vv[:, None], order), axes=1)
 
 
