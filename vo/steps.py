@@ -129,7 +129,7 @@ TABLE: tuple[Step, ...] = (
          {"image": "{exposure}/{ccd}.image.fits"},
          (_rule("preprocess", _CCD, ("image",), _IM, per_ccd=True),), ingest="images",
          doc="overscan, trim, bias, flat, gain; weight and flags"),
-    Step("extraction", "images", ("extraction",), ("preprocessing",), "3",  # 3: joint PSF fit in size, checked
+    Step("extraction", "images", ("extraction",), ("preprocessing",), "4",  # 4: joint fit stops at its minimum
          {"sources": "{exposure}/{ccd}.sources.fits", "psf": "{exposure}/{ccd}.psf.fits",
           "background": "{exposure}/{ccd}.bg.fits"},
          (_rule("extract", _CCD, ("sources", "psf", "background"), _IM, per_ccd=True),),
