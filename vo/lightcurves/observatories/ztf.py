@@ -20,18 +20,16 @@ import logging
 import math
 import os
 import threading
-import time
-import urllib.parse
 from datetime import datetime, timezone
 from io import StringIO
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import requests
 import yaml
 
 from vo.lightcurves.observatories.base import VirtualObservatory
+from vo.lightcurves.observatories.http import ServiceClient, ZTFCredentialsError, public_url, snippet
 from vo.lightcurves.observatories.ztf_bulk import ZTF_EXPTIME, BulkIndex, ZTFError
 from vo.lightcurves.reduce import STANDARD_COLUMNS
 
@@ -45,12 +43,6 @@ ZTF_EPOCH_RANGE = (2018.2, 2025.0)
 #: Epoch (Julian year) assumed for target positions without an ``epoch`` (ZTF mid-survey).
 ZTF_MID_EPOCH = 2020.0
 
-
-
-
-
-class ZTFCredentialsError(ZTFError):
-    """IRSA refused the credentials (HTTP 401/403) or the credentials file is unusable."""
 
 
 # -- geometry ----------------------------------------------------------------------------
@@ -109,14 +101,6 @@ def load_credentials(credentials_file: str | None = None) -> tuple[str, str] | N
     return str(data["username"]), str(data["password"])
 
 
-def public_url(url: str, params: dict | None = None) -> str:
-    """The full query URL with any ``user:password@`` removed (safe to log and store)."""
-    full = requests.Request("GET", url, params=params).prepare().url
-    parts = urllib.parse.urlsplit(full)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 def irsa_params(ra: float, dec: float, radius_arcsec: float, bad_catflags_mask: int | None = None,
                 data_release: str | None = None) -> dict:
     """Query parameters of IRSA's ZTF light-curve service for a cone (radius in arcsec)."""
@@ -129,106 +113,29 @@ def irsa_params(ra: float, dec: float, radius_arcsec: float, bad_catflags_mask: 
 
 
 # -- HTTP client -------------------------------------------------------------------------
-class RateLimiter:
-    """At most ``rate`` calls of :meth:`wait` per second, shared by all threads.
-
-    Each call reserves the next free slot (``1/rate`` s after the previous one) under a
-    lock, then sleeps outside the lock until its slot.  ``rate <= 0`` disables the limit.
-    """
-
-    def __init__(self, rate: float):
-        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
-        self._lock = threading.Lock()
-        self._next = -math.inf
-
-    def wait(self) -> None:
-        if self.interval == 0.0:
-            return
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
-
-
-class IRSAClient:
-    """Client of IRSA's ZTF light-curve service: retries, backoff, rate limit, basic auth.
+class IRSAClient(ServiceClient):
+    """Client of IRSA's ZTF light-curve service: retries, backoff, rate limit, basic auth
+    (:class:`~vo.lightcurves.observatories.http.ServiceClient`).
 
     Parameters
     ----------
     url : service URL (``.../cgi-bin/ZTF/nph_light_curves``).
-    timeout : timeout of one request (s).
-    retries : retries after the first attempt on connection errors, timeouts, HTTP 5xx
-        and 429; other 4xx fail at once (401/403 with :class:`ZTFCredentialsError`).
-    backoff : wait before the first retry (s), doubled at each further retry.
-    rate_limit : most requests per second, shared by the threads using this client.
+    timeout, retries, backoff, rate_limit : see :class:`ServiceClient`.
     auth : (username, password) sent as HTTP basic auth, or None.
     """
 
     def __init__(self, url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 2.0,
                  rate_limit: float = 1.0, auth: tuple[str, str] | None = None):
+        super().__init__("ZTF query", timeout, retries, backoff, rate_limit, auth,
+                         credentials_hint="set ZTF_USERNAME/ZTF_PASSWORD or ZTF.credentials_file")
         self.url = url
-        self.timeout = float(timeout)
-        self.retries = int(retries)
-        self.backoff = float(backoff)
-        self.limiter = RateLimiter(rate_limit)
-        self._auth = auth
-        self._local = threading.local()  # one requests.Session per thread
 
     def __repr__(self) -> str:
         return f"IRSAClient({self.url!r}, auth={'yes' if self._auth else 'no'})"
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.auth = self._auth
-            self._local.session = session
-        return session
-
-    def _scrub(self, text: str) -> str:
-        """Error text with the password (should a server echo it) replaced by ``***``."""
-        if self._auth and self._auth[1]:
-            text = text.replace(self._auth[1], "***")
-        return text
-
     def get(self, params: dict) -> str:
         """Body of a successful GET of ``params``; raises :class:`ZTFError` otherwise."""
-        where = public_url(self.url, params)
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            self.limiter.wait()
-            text, problem, retry_after = self._attempt(params, where)
-            if problem is None:
-                return text
-            if attempt + 1 < attempts:
-                wait = max(self.backoff * 2.0 ** attempt, retry_after)
-                log.warning("ZTF query %s failed (%s); retry %d of %d in %.2f s",
-                            where, problem, attempt + 1, self.retries, wait)
-                time.sleep(wait)
-        raise ZTFError(f"ZTF query {where} failed after {attempts} attempt(s): {problem}")
-
-    def _attempt(self, params: dict, where: str) -> tuple[str | None, str | None, float]:
-        """One request: (body, None, 0) on success, else (None, problem, Retry-After in s)."""
-        try:
-            resp = self._session().get(self.url, params=params, timeout=self.timeout)
-        except requests.Timeout:
-            return None, f"timed out after {self.timeout:g} s", 0.0
-        except requests.ConnectionError as exc:
-            return None, f"connection error ({type(exc).__name__})", 0.0
-        code = resp.status_code
-        if code in (401, 403):
-            who = "no credentials were given" if self._auth is None else "the credentials were refused"
-            raise ZTFCredentialsError(
-                f"ZTF query {where}: HTTP {code} ({who}); set ZTF_USERNAME/ZTF_PASSWORD or "
-                "ZTF.credentials_file")
-        if code == 429 or code >= 500:
-            return None, f"HTTP {code} {resp.reason}", _retry_after_seconds(resp.headers.get("Retry-After"))
-        if code >= 400:
-            raise ZTFError(f"ZTF query {where}: HTTP {code} {resp.reason}: "
-                           f"{self._scrub(_snippet(resp.text))}")
-        return resp.text, None, 0.0
+        return self.request("GET", self.url, public_url(self.url, params), params=params).text
 
     def query(self, ra: float, dec: float, radius_arcsec: float, bad_catflags_mask: int | None = None,
               data_release: str | None = None) -> tuple[pd.DataFrame, dict]:
@@ -240,23 +147,11 @@ class IRSAClient:
         try:
             table = parse_irsa_csv(text, where)
         except ZTFError as exc:  # the message quotes the answer: never let it show the password
-            raise ZTFError(self._scrub(str(exc))) from None
+            raise ZTFError(self.scrub(str(exc))) from None
         meta = {"mode": "api", "url": where, "params": params,
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "nrows": int(len(table)), "radius_arcsec": float(radius_arcsec)}
         return table, meta
-
-
-def _retry_after_seconds(value: str | None) -> float:
-    try:
-        return max(0.0, float(value)) if value is not None else 0.0
-    except ValueError:
-        return 0.0  # an HTTP date: fall back on the backoff
-
-
-def _snippet(text: str, n: int = 200) -> str:
-    text = " ".join(text.split())
-    return text[:n] + ("..." if len(text) > n else "")
 
 
 def parse_irsa_csv(text: str, where: str) -> pd.DataFrame:
@@ -269,7 +164,7 @@ def parse_irsa_csv(text: str, where: str) -> pd.DataFrame:
     if not body:
         raise ZTFError(f"ZTF query {where}: empty answer (expected CSV)")
     if body.startswith("<"):
-        raise ZTFError(f"ZTF query {where}: answer is HTML/XML, not CSV: {_snippet(body)}")
+        raise ZTFError(f"ZTF query {where}: answer is HTML/XML, not CSV: {snippet(body)}")
     try:
         table = pd.read_csv(StringIO(text))
     except (pd.errors.ParserError, ValueError) as exc:
