@@ -6,9 +6,11 @@ A :class:`Catalog` turns a catalog file into a table of *standard* columns
     pmra (mas/yr, includes cos(dec)), pmdec (mas/yr), parallax (mas),
     epoch (Julian year of the catalog positions), ra_cat, dec_cat (deg, at ``epoch``)
 
-Built-in catalogs: ``demo`` (shipped in ``catalogs/demo.csv``, made by
+Built-in catalogs (names in any case): ``demo`` (shipped in ``catalogs/demo.csv``, made by
 :func:`make_demo_catalog`) and ``WD`` (Gentile Fusillo et al. 2021, Gaia EDR3 white
-dwarfs, downloaded once into ``{data_root}/catalogs/``).
+dwarfs, downloaded once into ``{data_root}/catalogs/``; only targets with a white-dwarf
+probability ``Pwd >= catalog.min_probability`` (0.75) are kept, the cut the catalog's
+authors recommend for a high-confidence sample).
 
 This is the module of the ``targets`` step: targets are split by integer RA degree and
 written one HDF5 file per bin (:func:`write_targets`).
@@ -44,8 +46,19 @@ BUILTINS = {
     "WD": {"filename": "gaiaedr3_wd_main.fits.gz", "url": WD_URL,
            "columns": {"name": "WDJ_name", "ra": "ra", "dec": "dec", "mag": "phot_g_mean_mag",
                        "magerr": None, "filter": "G", "pmra": "pmra", "pmdec": "pmdec",
-                       "parallax": "parallax", "epoch": None}},
+                       "parallax": "parallax", "epoch": None, "probability": "Pwd"}},
 }
+
+
+def builtin_name(default: str | None) -> str | None:
+    """The built-in catalog called ``default`` in any case (``"wd"`` -> ``"WD"``); None stays None."""
+    if default is None:
+        return None
+    found = {k.lower(): k for k in BUILTINS}.get(str(default).strip().lower())
+    if found is None:
+        raise ConfigError(f"catalog.default: unknown built-in catalog {default!r}; "
+                          f"choose one of {', '.join(BUILTINS)} (any case) or null")
+    return found
 
 MAS_PER_RAD = 180.0 / np.pi * 3600e3
 
@@ -142,7 +155,7 @@ def resolve_columns(available: list[str], mapping: dict, path) -> tuple[dict, di
     """
     lower = {c.lower(): c for c in available}
     found, constants = {}, {}
-    for std in STANDARD_COLUMNS:
+    for std in STANDARD_COLUMNS + ["probability"]:
         wanted = mapping.get(std)
         if wanted is not None and wanted.lower() in lower:
             found[std] = lower[wanted.lower()]
@@ -274,10 +287,9 @@ class Catalog:
     def __init__(self, default: str | None = "demo", filename: str | None = None,
                  columns: dict | None = None, catalog_epoch: float = 2016.0,
                  obs_epoch: float | None = 2020.0, mag_limit: float | None = None,
-                 max_targets: int | None = None, url: str | None = None, data_root=None):
-        if default is not None and default not in BUILTINS:
-            raise ConfigError(f"catalog.default: unknown built-in catalog {default!r}; "
-                              f"choose one of {', '.join(BUILTINS)} or null")
+                 max_targets: int | None = None, url: str | None = None, data_root=None,
+                 min_probability: float | None = 0.75):
+        default = builtin_name(default)
         if default is None and filename is None:
             raise ConfigError("catalog: give catalog.default or catalog.filename")
         builtin = BUILTINS.get(default, {}) if filename is None else {}
@@ -290,6 +302,7 @@ class Catalog:
         self.obs_epoch = obs_epoch
         self.mag_limit = mag_limit
         self.max_targets = max_targets
+        self.min_probability = min_probability
         self.data_root = Path(data_root) if data_root is not None else None
         self.data: pd.DataFrame | None = None
 
@@ -366,6 +379,9 @@ class Catalog:
         if dup.any():
             raise ConfigError(f"{path}: duplicate source names, e.g. {df['name'][dup].iloc[0]!r}; "
                               "map catalog.columns.name to a unique column")
+        if self.min_probability is not None and "probability" in found:
+            prob = pd.to_numeric(raw[found["probability"]], errors="coerce").to_numpy(float)
+            df = df.loc[prob >= float(self.min_probability)]  # NaN: no probability, dropped
         if self.mag_limit is not None:
             df = df.loc[df["mag"].to_numpy() <= self.mag_limit]
         if self.max_targets is not None:

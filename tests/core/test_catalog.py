@@ -293,3 +293,32 @@ def test_unknown_default_and_format(tmp_path):
     path.write_text("x")
     with pytest.raises(ConfigError, match="unknown catalog format"):
         Catalog(default=None, filename=str(path)).load()
+
+
+def test_builtin_names_in_any_case_and_the_wd_probability_cut(tmp_path):
+    """``default: wd`` is the WD catalog; its targets with Pwd < 0.75 (or none) are dropped."""
+    root = tmp_path / "vo_data"  # VO_DATA (the autouse fixture): the config's data root
+    (root / "catalogs").mkdir(parents=True)
+    path = root / "catalogs" / "gaiaedr3_wd_main.fits.gz"
+    df = pd.DataFrame({"WDJ_name": [f"WDJ{i:02d}" for i in range(6)], "RA": np.arange(6) * 10.0, "Dec": 0.0,
+                       "phot_g_mean_mag": 18.0, "pmra": 0.0, "pmdec": 0.0, "parallax": 5.0,
+                       "Pwd": [0.99, 0.75, 0.7499, 0.1, np.nan, 0.8]})
+    fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(Table.from_pandas(df))]).writeto(path)
+    for name in ("wd", "Wd", " WD "):
+        cat = Catalog(default=name, data_root=root).load()
+        assert cat.default == "WD" and list(cat.data["name"]) == ["WDJ00", "WDJ01", "WDJ05"]
+    assert len(Catalog(default="wd", data_root=root, min_probability=None).load().data) == 6
+    assert list(Catalog(default="wd", data_root=root, min_probability=0.05).load().data["name"]) == \
+        ["WDJ00", "WDJ01", "WDJ02", "WDJ03", "WDJ05"]
+    with pytest.raises(ConfigError, match="unknown built-in catalog 'gaia'.*any case"):
+        Catalog(default="gaia")
+    # the config accepts any case and the Project keyword argument of virtualobserver's README
+    cfg = vconfig.load_config(None, {"catalog": {"default": "wd", "min_probability": 0.9}})
+    assert list(Catalog.from_config(cfg).load().data["name"]) == ["WDJ00"]
+    with pytest.raises(ConfigError, match="catalog.default"):
+        vconfig.load_config(None, {"catalog": {"default": "wdx"}})
+    # a user's catalog with a probability column mapped by name
+    user = tmp_path / "mine.csv"
+    pd.DataFrame({"name": ["a", "b"], "ra": [1.0, 2.0], "dec": [0.0, 0.0], "P_member": [0.2, 0.9]}).to_csv(user, index=False)
+    got = Catalog(default=None, filename=str(user), columns={"probability": "P_member"}, min_probability=0.5).load()
+    assert list(got.data["name"]) == ["b"]
