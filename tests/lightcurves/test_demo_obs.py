@@ -245,8 +245,12 @@ def test_reduce_raw_photometry_and_store(tmp_path, targets):
     first = next(s for s in sources if s.filekey == sanitize_key(targets["name"].iloc[0]))
     lcs = obs.reduce(first, to="lcs")  # cat_row from the stored attributes
     assert len(lcs) == 9 and lcs[0].attrs["source_name"] == targets["name"].iloc[0]
-    with pytest.raises(ValueError, match="cat_row"):
-        obs.reduce(first.data)
+    # a bare DataFrame: the target is placed on its own data (no catalog magnitude)
+    bare = obs.reduce(first.data)
+    assert [len(lc) for lc in bare] == [len(lc) for lc in lcs]
+    assert bare[0].attrs["source_name"].startswith("DEMO_") and np.isnan(bare[0].attrs["cat_mag"])
+    with pytest.raises(ValueError, match="give cat_row"):
+        obs.reduce(first.data.assign(mag=np.nan))
     with pytest.raises(ValueError, match="only 'lcs'"):
         obs.reduce(first, to="images")
     with pytest.warns(UserWarning, match="1 targets have no raw photometry"):

@@ -8,6 +8,7 @@ The local server answers IRSA's ``nph_light_curves`` query in IRSA's CSV format,
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import socket
@@ -432,3 +433,59 @@ def test_download_into_raw_store_and_reduce(irsa, objects, monkeypatch, tmp_path
         by_source.setdefault(lc.attrs["source_name"], []).append(lc.attrs["n_epochs"])
     assert by_source["ZTF_target"] == [34, 25, 33]
     assert sum(by_source[f"ZTF_{250101100000728}"]) == 103 - 11  # 11 flagged epochs
+
+
+# -- IRSA files on disk, reduction without a catalog row, plots, the magnitude-range warning ---
+@pytest.mark.parametrize("fmt", ["csv", "ipac"])
+def test_irsa_file_on_disk_reduces_without_a_catalog_row(objects, tmp_path, fmt):
+    """A saved IRSA answer (CSV or IPAC table, with the 4.95 arcsec neighbour in the cone) is
+    read, plotted and reduced with no catalog row: the target is the object with the most
+    epochs, its neighbour is left out."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from astropy.table import Table
+    from vo.lightcurves.datasets import RawPhotometry
+    from vo.lightcurves.observatories.ztf import read_irsa_file
+
+    row = target_row(objects)
+    text = irsa_csv(objects, row["ra"], row["dec"], 6.0 / 3600, None)
+    path = tmp_path / f"lc.{fmt}"
+    if fmt == "csv":
+        path.write_text(text)
+    else:
+        Table.from_pandas(pd.read_csv(io.StringIO(text))).write(path, format="ascii.ipac")
+        assert path.read_text().lstrip().startswith(("\\", "|"))
+    raw = read_irsa_file(path)
+    assert set(raw["oid"]) == {TARGET_OID, NEIGHBOUR_OID} and raw["filtercode"].eq("zg").all()
+    data = RawPhotometry(data=raw, attrs={"cat_row": {"name": "from_file"}})
+    ax = data.plot()                                    # IRSA's filtercode, not 'filter'
+    assert len(ax.lines) + len(ax.collections) > 0
+    obs = ztf(mode="bulk", bulk_dir=str(DATA))
+    lcs = obs.reduce(raw, to="lcs")                     # no catalog row
+    assert lcs and all((lc.data["oid"] == TARGET_OID).all() for lc in lcs)
+    assert lcs[0].attrs["source_name"] == f"ZTF_{TARGET_OID}"
+    assert sum(len(lc.data) for lc in lcs) == 92        # the target's good epochs
+
+
+def test_bad_irsa_files_name_the_file(tmp_path):
+    from vo.lightcurves.observatories.ztf import read_irsa_file
+
+    bad = tmp_path / "lc.tbl"
+    bad.write_text("\\fixlen = T\n| oid | mjd |\n| long | double |\n 1 2.0 3.0\n")
+    with pytest.raises(ZTFError, match=str(bad)):
+        read_irsa_file(bad)
+    csv = tmp_path / "lc.csv"
+    csv.write_text("oid,mjd\n1,2.0\n")
+    with pytest.raises(ZTFError, match=rf"{csv}.*lacks columns"):
+        read_irsa_file(csv)
+    with pytest.raises(ZTFError, match="cannot read"):
+        read_irsa_file(tmp_path / "missing.csv")
+
+
+def test_catalog_magnitude_far_off_warns_instead_of_silently_dropping(objects):
+    obs = ztf(mode="bulk", bulk_dir=str(DATA))
+    row = target_row(objects)
+    raw, _ = obs.fetch_data_from_observatory(row)
+    assert obs.reduce(raw, cat_row=row)
+    with pytest.warns(UserWarning, match=r"1 target\(s\) lost every epoch.*'ZTF_target': catalog .*mag_range"):
+        assert obs.reduce(raw, cat_row={**row, "mag": row["mag"] - 2.0}) == []

@@ -140,12 +140,19 @@ class RawPhotometry(_FileDataset):
         return path
 
     def plot(self, ax=None):
-        """Magnitude (mag) against MJD (days), one colour per filter; returns the axes."""
+        """Magnitude (mag) against MJD (days), one colour per filter; returns the axes.
+
+        Takes the survey's own column names: ``filter`` or IRSA's ``filtercode`` (ZTF).
+        """
         import matplotlib.pyplot as plt
 
         ax = ax if ax is not None else plt.figure().add_subplot()
         df = self.data
-        for filt, part in df.groupby("filter", sort=True):
+        band = next((c for c in ("filter", "filtercode", "band", "passband") if c in df), None)
+        if band is None or "mjd" not in df or "mag" not in df:
+            raise KeyError(f"{self!r}: plot needs mjd, mag and a filter column (filter or filtercode); "
+                           f"the data have {list(df.columns)[:12]}")
+        for filt, part in df.groupby(band, sort=True):
             ax.errorbar(part["mjd"], part["mag"], part.get("magerr"), fmt=".", label=str(filt))
         ax.invert_yaxis()
         ax.set_xlabel("MJD (days)")

@@ -171,15 +171,35 @@ class VirtualObservatory:
 
     def reduce(self, raw, to: str = "lcs", cat_row: dict | None = None) -> list:
         """Reduce a :class:`RawPhotometry` (its ``cat_row`` attribute is used unless given)
-        or a raw DataFrame (``cat_row`` required) to light curves (``to="lcs"``)."""
+        or a raw DataFrame to light curves (``to="lcs"``).
+
+        Without a catalog row (a DataFrame, or raw data read from a file) the target is the
+        survey object with the most epochs, at its median position and without a catalog
+        magnitude (:meth:`row_from_data`): its neighbours in the cone are left out.
+        """
         if to != "lcs":
             raise ValueError(f"reduce: unknown product {to!r}; only 'lcs' (light curves) exists")
         if isinstance(raw, RawPhotometry):
             cat_row = cat_row if cat_row is not None else raw.attrs.get("cat_row")
             raw = raw.data
         if cat_row is None:
-            raise ValueError("reduce: give cat_row (the target's catalog row) with a raw DataFrame")
+            cat_row = self.row_from_data(raw)
         return self.reduce_source(raw, cat_row)
+
+    def row_from_data(self, raw: pd.DataFrame, name: str | None = None) -> dict:
+        """A catalog row for raw data that came without one: the survey object (``oid``) with
+        the most good epochs, its median ra/dec (deg), no magnitude; ``name`` defaults to
+        ``{obs}_{oid}``."""
+        std = self.to_standard(raw)
+        ok = np.isfinite(std["mag"].to_numpy(float)) & np.isfinite(std["ra"].to_numpy(float))
+        if not ok.any():
+            raise ValueError(f"reduce: the {self.name} raw data have no epoch with a magnitude and a position "
+                             "to place the target (give cat_row)")
+        oids, counts = np.unique(std["oid"].to_numpy()[ok], return_counts=True)
+        oid = oids[int(np.argmax(counts))]
+        mine = ok & (std["oid"].to_numpy() == oid)
+        return {"name": name or f"{self.name}_{oid}", "ra": float(np.median(std["ra"].to_numpy(float)[mine])),
+                "dec": float(np.median(std["dec"].to_numpy(float)[mine])), "mag": None}
 
     def reduce_many(self, raws: list[dict], cat_rows: list[dict]) -> list:
         """Light curves of many targets: the same as :meth:`reduce_source` target by target.

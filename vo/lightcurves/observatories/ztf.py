@@ -184,6 +184,26 @@ def parse_irsa_csv(text: str, where: str) -> pd.DataFrame:
     return table
 
 
+def read_irsa_file(path) -> pd.DataFrame:
+    """An IRSA ZTF light-curve file on disk (the service's answer saved by a browser, ``curl``
+    or astroquery): CSV (``FORMAT=CSV``) or IPAC table (``FORMAT=ipac_table``, the service's
+    default), as :func:`parse_irsa_csv` gives it; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise ZTFError(f"ZTF light-curve file {path}: cannot read ({exc.strerror})") from None
+    first = next((ln.lstrip() for ln in text.splitlines() if ln.strip()), "")
+    if not first.startswith(("\\", "|")):
+        return parse_irsa_csv(text, str(path))
+    from astropy.table import Table
+    try:
+        table = Table.read(str(path), format="ascii.ipac").to_pandas()
+    except Exception as exc:  # astropy raises many kinds for a damaged table
+        raise ZTFError(f"ZTF light-curve file {path}: not a readable IPAC table ({exc})") from None
+    return parse_irsa_csv(table.to_csv(index=False), str(path))
+
+
 # -- reduction ---------------------------------------------------------------------------
 def irsa_to_standard(raw: pd.DataFrame) -> pd.DataFrame:
     """Map a ZTF raw table (IRSA columns) to :data:`vo.lightcurves.reduce.STANDARD_COLUMNS`.
