@@ -193,8 +193,10 @@ def test_old_layout_raw_store_is_still_read(tmp_path):
         pd.testing.assert_frame_equal(df, pd.DataFrame(cols), check_dtype=False)
         assert {k: got[k] for k in attrs} == attrs
         assert store.index()[key] == {"params_hash": short_hash({"seed": 1}), "n_rows": 40}
-    raw = dict(read_raw_columns(path, [*old, "new", "missing"]))
+    read = {k: (cols, h) for k, cols, h in read_raw_columns(path, [*old, "new", "missing"])}
+    raw = {k: cols for k, (cols, _) in read.items()}
     assert raw["missing"] is None and list(raw["new"]["filter"]) == ["i"]
+    assert read["new"][1] == short_hash({}) and all(read[k][1] == short_hash({"seed": 1}) for k in old)
     for key, (cols, _) in old.items():
         assert_columns_equal(raw[key], cols)
     many = {k: df for k, df, _ in store.read_many([*old, "new"])}

@@ -265,8 +265,9 @@ def test_reduce_store_equals_reduce_source(tmp_path):
 
     sources = make_sources(seed=13, n=15)
     store = tmp_path / "DEMO_photometry_RA010.h5"
-    RawStore(store).write_many({vreduce_key(r): (df, {"cat_row": r, "obs": "DEMO"}) for df, r in sources})
     obs = get_observatory("DEMO", CFG)
+    attrs = {"obs": "DEMO", "download_params": obs.download_params()}  # what a download records
+    RawStore(store).write_many({vreduce_key(r): (df, {"cat_row": r, **attrs}) for df, r in sources})
     targets = pd.DataFrame([r for _, r in sources] + [{"name": "MISSING", "ra": 10.0, "dec": 0.0, "mag": 17.0}])
     with pytest.warns(UserWarning, match="1 targets have no raw photometry.*MISSING"):
         from_store = obs.reduce_store(store, targets)

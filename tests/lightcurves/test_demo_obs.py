@@ -12,7 +12,8 @@ from vo.catalog import Catalog
 from vo.io import hdf5 as vh5
 from vo.lightcurves.datasets import RawPhotometry, sanitize_key
 from vo.lightcurves.observatories import get_observatory
-from vo.lightcurves.observatories.base import DownloadError
+from vo.lightcurves.observatories.base import DownloadError, ParamsMismatchError
+from vo.lightcurves.rawstore import RawStore
 from vo.lightcurves.observatories.demo import (VirtualDemoObs, event_flux_factor, expected_snr,
                                                magnitude_error, truth_events)
 from vo.lightcurves.reduce import STANDARD_COLUMNS, angular_offset_arcsec
@@ -282,3 +283,26 @@ def test_hostile_source_names_keep_their_own_data(tmp_path, targets):
         for name, ra in zip(t["name"], t["ra"]):
             _, attrs = vh5.read_table(f[sanitize_key(name)])
             assert attrs["cat_row"]["name"] == name and attrs["cat_row"]["ra"] == pytest.approx(ra)
+
+
+def test_shared_raw_store_never_mixes_download_parameters(tmp_path, targets):
+    """Two projects share one raw store with different download parameters (the DEMO seed):
+    reducing never reads the other project's entries silently; the download re-downloads them
+    or, with on_params_change: fail, stops naming both parameter sets."""
+    store = tmp_path / "shared.h5"
+    first, second = make_obs(tmp_path, seed=1), make_obs(tmp_path, seed=2)
+    few = targets.head(3)
+    first.download_all_sources(few, store)
+    assert len(first.reduce_store(store, few)) == 27
+    with pytest.raises(ParamsMismatchError, match=r"3 source\(s\) .* other download parameters.*'seed': 1.*'seed': 2"):
+        second.reduce_store(store, few)
+    strict = make_obs(tmp_path, seed=2, download={"on_params_change": "fail"})
+    with pytest.raises(ParamsMismatchError, match="on_params_change: redownload"):
+        strict.download_all_sources(few, store)
+    assert RawStore(store).attrs(sanitize_key(few["name"].iloc[0]))["download_params"]["seed"] == 1  # untouched
+    manifest = second.download_all_sources(few, store)                    # the default: download again
+    assert [e["status"] for e in manifest["sources"]] == ["downloaded"] * 3
+    lcs = second.reduce_store(store, few)
+    assert len(lcs) == 27
+    with pytest.raises(ParamsMismatchError):
+        first.reduce_store(store, few)

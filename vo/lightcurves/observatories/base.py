@@ -14,7 +14,7 @@ import pandas as pd
 from vo import config as vconfig
 from vo.io import hdf5 as vh5
 from vo.lightcurves import reduce as vreduce
-from vo.lightcurves.datasets import RawPhotometry, sanitize_key
+from vo.lightcurves.datasets import RawPhotometry, sanitize_key, unsanitize_key
 from vo.lightcurves.rawstore import RawStore, StoreError, utc_now
 from vo.provenance import short_hash
 
@@ -27,6 +27,10 @@ class DownloadError(RuntimeError):
     def __init__(self, message: str, manifest: dict):
         super().__init__(message)
         self.manifest = manifest
+
+
+class ParamsMismatchError(StoreError):
+    """A raw-store entry was downloaded with other download parameters than the run's."""
 
 
 class VirtualObservatory:
@@ -76,7 +80,7 @@ class VirtualObservatory:
 
     def _download_pars(self) -> dict:
         return {"batch_size": 100, "num_threads_download": 0, "redownload": False,
-                **self.pars.get("download", {})}
+                "on_params_change": "redownload", **self.pars.get("download", {})}
 
     def _fetch(self, cat_row: dict):
         """(raw, altdata, None) or (None, None, error text) for one target."""
@@ -108,7 +112,7 @@ class VirtualObservatory:
         phash = short_hash(params)
         store = RawStore(store_path)
         stored = {} if redownload else store.index()
-        entries, todo = [], []
+        entries, todo, changed = [], [], []
         for cat_row in targets.to_dict("records"):  # one row per source: a download each
             key = sanitize_key(cat_row["name"])
             entry = {"name": str(cat_row["name"]), "key": key, "n_rows": 0, "status": "", "error": None}
@@ -117,7 +121,13 @@ class VirtualObservatory:
             if have is not None and have["params_hash"] == phash:
                 entry.update(status="skipped", n_rows=have["n_rows"])
             else:
+                if have is not None:
+                    changed.append(entry)
                 todo.append((entry, cat_row))
+        if changed and dpars["on_params_change"] == "fail":
+            raise ParamsMismatchError(self._mismatch_message(store, changed[0]["key"], len(changed), params,
+                                                             "set download.on_params_change: redownload to "
+                                                             "replace them"))
         batch_size = max(1, int(dpars["batch_size"]))
         threads = int(dpars["num_threads_download"])
         pool = ThreadPoolExecutor(threads) if threads > 1 else None
@@ -148,6 +158,12 @@ class VirtualObservatory:
             raise DownloadError(f"{self.name}: {len(failed)} of {len(entries)} sources failed to "
                                 f"download into {store_path}: {lines}{more}", manifest)
         return manifest
+
+    def _mismatch_message(self, store: RawStore, key: str, n: int, params: dict, advice: str) -> str:
+        stored = store.attrs(key).get("download_params")
+        return (f"{self.name}: {n} source(s) in the raw store {store.path} were downloaded with other "
+                f"download parameters, e.g. {unsanitize_key(key)!r}: stored with {stored}, this run uses "
+                f"{params}; {advice}")
 
     def populate_sources(self, store_path) -> list[RawPhotometry]:
         """A lazy :class:`RawPhotometry` (attributes read, data not) for every source in a store."""
@@ -236,13 +252,20 @@ class VirtualObservatory:
         reduction; a target missing from the store is skipped with a warning.
         """
         by_key = {sanitize_key(r["name"]): r for r in targets.to_dict("records")}
-        raws, rows, missing = [], [], []
-        for key, raw in read_raw_columns(store_path, list(by_key)):
+        raws, rows, missing, other = [], [], [], []
+        phash = self.download_params_hash()
+        for key, raw, stored_hash in read_raw_columns(store_path, list(by_key)):
             if raw is None:
                 missing.append(by_key[key]["name"])
+            elif stored_hash != phash:
+                other.append(key)
             else:
                 raws.append(raw)
                 rows.append(by_key[key])
+        if other:  # a raw store shared by projects must never serve one another's data silently
+            raise ParamsMismatchError(self._mismatch_message(
+                RawStore(store_path), other[0], len(other), self.download_params(), "run the download step "
+                "again (it re-downloads them) or use the parameters they were downloaded with"))
         if missing:
             warnings.warn(f"{store_path}: {len(missing)} targets have no raw photometry "
                           f"(skipped): {', '.join(map(str, missing[:10]))}"
@@ -251,13 +274,14 @@ class VirtualObservatory:
 
 
 def read_raw_columns(store_path, keys):
-    """Yield ``(key, {column: array})`` of each source of a raw store, opening the file once
-    and building no DataFrame; a missing store or key gives ``(key, None)``.  Raises
-    :class:`~vo.lightcurves.rawstore.StoreError` naming the file and key of a bad group."""
+    """Yield ``(key, {column: array}, download_params_hash)`` of each source of a raw store,
+    opening the file once and building no DataFrame; a missing store or key gives
+    ``(key, None, None)``.  Raises :class:`~vo.lightcurves.rawstore.StoreError` naming the file
+    and key of a bad group."""
     path = Path(store_path)
     if not path.exists():
         for key in keys:
-            yield key, None
+            yield key, None, None
         return
     try:
         f = h5py.File(path, "r")
@@ -266,10 +290,12 @@ def read_raw_columns(store_path, keys):
     with f:
         for key in keys:
             if key not in f:
-                yield key, None
+                yield key, None, None
                 continue
             try:
-                cols, _ = vh5.read_columns(f[key], with_attrs=False)
+                grp = f[key]
+                cols, _ = vh5.read_columns(grp, with_attrs=False)
+                h = grp.attrs.get("download_params_hash")
             except Exception as exc:  # any corruption: name the file and the key
                 raise StoreError(f"{path}: cannot read source {key!r}: {exc}") from exc
-            yield key, cols
+            yield key, cols, (h.decode() if isinstance(h, bytes) else h)
