@@ -104,7 +104,7 @@ TABLE: tuple[Step, ...] = (
          {"reduce": "{obs}_photometry_RA{ra_bin}_reduced.h5"},
          (_rule("reduce", _BIN, ("reduce",), _LC),), ingest="lightcurves",
          doc="raw photometry to light curves per source, filter and season"),
-    Step("analysis", "lightcurves", ("analysis", "simulator", "histograms"), ("reduce",), "1",
+    Step("analysis", "lightcurves", ("analysis", "simulator", "histograms"), ("reduce",), "2",  # 2: periods
          {"analysis": "{obs}_RA{ra_bin}_analysis.h5", "histograms": "{obs}_RA{ra_bin}_histograms.nc"},
          (_rule("analysis", _BIN, ("analysis", "histograms"), _LC),), ingest="detections",
          doc="quality checks, event finder, injected events, additive histograms"),

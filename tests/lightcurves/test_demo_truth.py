@@ -143,8 +143,8 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("truth")
     cfg = vconfig.load_config(overrides={
         "project": {"data_root": str(root), "name": "TRUTH"},
-        "DEMO": {"variable_fraction": VARIABLE_FRACTION},
-        "simulator": {"enabled": False}})
+        "DEMO": {"variable_fraction": VARIABLE_FRACTION, "periodic_fraction": 0.0},  # events only
+        "simulator": {"enabled": False}, "analysis": {"periodicity": {"enabled": False}}})
     bins = Catalog.from_config(cfg).load().ra_bins()[:N_BINS]
     _, out = wf.rule_io("targets", cfg, ra_bins=bins)
     wf.run_targets(cfg, out)

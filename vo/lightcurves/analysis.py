@@ -10,6 +10,10 @@ written by :func:`write_analysis` to one HDF5 file with the tables
 * ``/injections``: every simulated injection and whether it was recovered;
 * ``/efficiency``: additive counts of injected and recovered events per event type,
   amplitude bin and duration bin, with the efficiency and its binomial error;
+* ``/periods``: one row per source, its Lomb-Scargle and box-least-squares periods with
+  false-alarm probabilities (:mod:`vo.lightcurves.periodicity`; empty when
+  ``analysis.periodicity.enabled`` is false); the summary repeats each source's ``period``,
+  ``period_fap`` and ``is_periodic`` on its light curves;
 
 while the histograms (:mod:`vo.lightcurves.histograms`) go to a sibling netCDF file
 written by the caller with :func:`vo.lightcurves.histograms.write_netcdf`.
@@ -29,6 +33,7 @@ from vo.io.atomic import atomic_path
 from vo.io.hdf5 import read_attrs, read_table, write_attrs, write_table
 from vo.lightcurves import finder as vfinder
 from vo.lightcurves import histograms as vhist
+from vo.lightcurves import periodicity as vperiod
 from vo.lightcurves import quality as vquality
 from vo.lightcurves import simulator as vsim
 from vo.lightcurves.reduce import lightcurve_columns
@@ -44,7 +49,7 @@ ID_COLUMNS = ("source_name", "obs", "filekey", "filter", "season", "reduction_nu
 EVENT_COLUMNS = ("time_start", "time_peak", "time_end", "peak_snr", "peak_flux", "peak_mag", "dmag",
                  "n_epochs", "n_above")
 DETECTION_COLUMNS = ID_COLUMNS + EVENT_COLUMNS + ("simulated", "sim_type", "sim_params")
-TABLES = ("summary", "detections", "injections", "efficiency")
+TABLES = ("summary", "detections", "injections", "efficiency", "periods")
 
 
 @dataclass
@@ -58,6 +63,7 @@ class AnalysisResult:
         (MJD), injected_snr, recovered).
     efficiency : additive counts per (sim_type, amplitude bin, duration bin):
         n_injected, n_recovered, efficiency, efficiency_error.
+    periods : one row per source (:data:`vo.lightcurves.periodicity.COLUMNS`).
     histograms : the histogram Dataset (``None`` when read back without its netCDF file).
     """
 
@@ -65,6 +71,7 @@ class AnalysisResult:
     detections: pd.DataFrame
     injections: pd.DataFrame
     efficiency: pd.DataFrame
+    periods: pd.DataFrame
     histograms: xr.Dataset | None = None
 
 
@@ -256,13 +263,32 @@ def analyse_lightcurves(lcs: list, cfg: dict, obs: str) -> AnalysisResult:
     summary["n_recovered"] = np.bincount(inj["lc"].to_numpy(dtype=np.int64),
                                          weights=inj["recovered"].to_numpy(), minlength=len(lcs)).astype(np.int64)
 
+    periods = _periods(batch, good, lc_of, pars.get("periodicity", {}))
+    by_source = periods.set_index("source_name")
+    names = summary["source_name"]
+    summary["period"] = names.map(by_source["period"]).to_numpy(float)
+    fap = np.where(by_source["period_method"] == "bls", by_source["bls_fap"], by_source["ls_fap"])
+    summary["period_fap"] = names.map(pd.Series(fap, index=by_source.index)).to_numpy(float)
+    summary["is_periodic"] = names.isin(by_source.index[by_source["is_periodic"].astype(bool)]).to_numpy()
+
     histograms = vhist.make_histograms(
         {"snr": cols["dsnr"], "dmag": cols["mag"] - meta["mag_mean"][lc_of], "offset": offset}, good,
         lc_of, meta["mag_mean"], meta["filter"], cols["exptime"], vhist.edges_from_config(cfg["histograms"]),
         efficiency={"injected": result["counts"]["injected"], "recovered": result["counts"]["recovered"],
                     "sim_types": vsim.SIM_TYPES, "amplitude_edges": sim.amplitude_edges,
                     "duration_edges": sim.duration_edges})
-    return AnalysisResult(summary, detections, injections, efficiency, histograms)
+    return AnalysisResult(summary, detections, injections, efficiency, periods, histograms)
+
+
+def _periods(batch: Batch, good: np.ndarray, lc_of: np.ndarray, pars: dict) -> pd.DataFrame:
+    """The periodicity table of the batch's sources (empty when disabled)."""
+    p = {**vperiod.DEFAULTS, **(pars or {})}
+    if not p["enabled"]:
+        return pd.DataFrame({c: [] for c in vperiod.COLUMNS})
+    meta, cols = batch.meta, batch.cols
+    return vperiod.find_periods(np.asarray(meta["source_name"], object)[lc_of], np.asarray(meta["obs"], object)[lc_of],
+                                cols["mjd"], cols["flux"], cols["fluxerr"], meta["flux_mean"][lc_of],
+                                np.asarray(meta["filter"], object)[lc_of], good, p)
 
 
 def write_analysis(path: str | os.PathLike, result: AnalysisResult, attrs: dict | None = None) -> None:
@@ -295,4 +321,5 @@ def read_analysis(path: str | os.PathLike, histograms_path: str | os.PathLike | 
     det = tables["detections"]
     det["simulated"] = det["simulated"].astype(bool)
     hist = vhist.read_netcdf(histograms_path) if histograms_path is not None else None
-    return AnalysisResult(tables["summary"], det, tables["injections"], tables["efficiency"], hist)
+    tables["periods"]["is_periodic"] = tables["periods"]["is_periodic"].astype(bool)
+    return AnalysisResult(tables["summary"], det, tables["injections"], tables["efficiency"], tables["periods"], hist)

@@ -18,10 +18,17 @@ exponential decay with decay time ``duration``; stronger in bluer filters, see
 multiplies the true flux before the noise is drawn, so the errors follow the noise model
 (points in a dip are noisier and may drop below detection).
 
+A ``periodic_fraction`` of the sources (drawn from their own random stream, so independently
+of the events and without changing any other source's data) varies periodically: a sinusoid
+(``sine``) or a box-shaped eclipse lasting 4-12% of the period (``eclipse``), achromatic,
+with period and amplitude log-uniform in ``period_range`` and ``periodic_amplitude``
+(:func:`truth_periodic`; the truth for the periodicity search of the analysis).
+
 The data of a source depend only on the DEMO parameters and the source's name and
 catalog row (the random generator is seeded from ``seed`` and the name), and ``altdata``
 carries the truth: true magnitude and object id per filter, the neighbours, the seasons,
-and ``truth.events`` (also available without simulating photometry: :func:`truth_events`).
+``truth.events`` (also available without simulating photometry: :func:`truth_events`) and
+``truth.periodic`` (:func:`truth_periodic`).
 """
 
 from __future__ import annotations
@@ -158,6 +165,45 @@ def event_flux_factor(events: list[dict], mjd, filters) -> np.ndarray:
     return np.maximum(factor, MIN_FLUX_FACTOR)
 
 
+#: Eclipse width of the periodic ``eclipse`` sources, as a fraction of the period.
+ECLIPSE_DUTY = (0.04, 0.12)
+
+
+def truth_periodic(cat_row: dict, pars: dict) -> dict | None:
+    """The periodic variation of one DEMO source (the truth), or None for a non-periodic one.
+
+    Drawn from the source's own ``"periodic"`` random stream (every source draws, a
+    ``periodic_fraction`` keeps it). Returns type (sine or eclipse), period (days), amplitude
+    (fractional flux: sine semi-amplitude or eclipse depth), t0 (MJD of phase 0: the sine's
+    upward zero crossing, the eclipse's centre) and duty (eclipse width / period; 0 for sine).
+    """
+    types = list(pars["periodic_types"])
+    rng = source_rng(int(pars["seed"]), str(cat_row["name"]), stream="periodic")
+    periodic = rng.random() < float(pars["periodic_fraction"])
+    kind = types[int(rng.integers(len(types)))]
+    period = _log_uniform(rng, pars["period_range"], "period_range")
+    amplitude = _log_uniform(rng, pars["periodic_amplitude"], "periodic_amplitude")
+    t0 = float(pars["start_mjd"]) + rng.uniform(0.0, period)
+    duty = rng.uniform(*ECLIPSE_DUTY)
+    if not periodic:
+        return None
+    if kind == "eclipse":
+        return {"type": kind, "period": period, "amplitude": min(amplitude, 0.9), "t0": t0, "duty": duty}
+    return {"type": kind, "period": period, "amplitude": amplitude, "t0": t0, "duty": 0.0}
+
+
+def periodic_flux_factor(truth: dict | None, mjd) -> np.ndarray:
+    """True flux over the mean (sine) or out-of-eclipse (eclipse) flux at epochs ``mjd`` (MJD)."""
+    mjd = np.asarray(mjd, dtype=float)
+    if not truth:
+        return np.ones(mjd.size)
+    phase = np.mod((mjd - truth["t0"]) / truth["period"], 1.0)
+    if truth["type"] == "sine":
+        return 1.0 + truth["amplitude"] * np.sin(2 * np.pi * phase)
+    half = truth["duty"] / 2
+    return np.where((phase < half) | (phase > 1 - half), 1.0 - truth["amplitude"], 1.0)
+
+
 def observing_epochs(rng: np.random.Generator, pars: dict) -> pd.DataFrame:
     """Epochs of the survey for one target: columns mjd (days), filter, season, sky_scale."""
     n_nights = max(1, int(np.ceil(pars["season_length"])))
@@ -231,7 +277,7 @@ class VirtualDemoObs(VirtualObservatory):
     name = "DEMO"
     #: Version of the simulation itself (bump it when the simulated data change): a new
     #: version re-"downloads" every stored DEMO source, as new survey data would.
-    SIMULATION_VERSION = "2"
+    SIMULATION_VERSION = "3"  # 3: periodic sources
 
     def download_params(self) -> dict:
         return {**super().download_params(), "simulation_version": self.SIMULATION_VERSION}
@@ -255,9 +301,12 @@ class VirtualDemoObs(VirtualObservatory):
         oid = {f: object_id(seed, name, f) for f in filters}
         epochs = observing_epochs(rng, p)
         events = truth_events(cat_row, p)
+        periodic = truth_periodic(cat_row, p)
         dmag = None
-        if events:
-            dmag = -2.5 * np.log10(event_flux_factor(events, epochs["mjd"], epochs["filter"]))
+        if events or periodic:
+            factor = event_flux_factor(events, epochs["mjd"], epochs["filter"])
+            factor *= periodic_flux_factor(periodic, epochs["mjd"])
+            dmag = -2.5 * np.log10(np.maximum(factor, MIN_FLUX_FACTOR))
         parts = [simulate_object(rng, epochs, true_mag, oid, ra, dec, p, dmag=dmag)]
         neighbours = []
         if rng.random() < NEIGHBOUR_PROB:
@@ -273,7 +322,7 @@ class VirtualDemoObs(VirtualObservatory):
         seasons = epochs.groupby("season")["mjd"].agg(["min", "max"])
         altdata = {"simulated": True, "seed": seed, "true_mag": true_mag, "oid": oid,
                    "neighbours": neighbours, "n_epochs": int(len(epochs)),
-                   "seasons": seasons.to_numpy().tolist(), "truth": {"events": events}}
+                   "seasons": seasons.to_numpy().tolist(), "truth": {"events": events, "periodic": periodic}}
         return raw, altdata
 
     def to_standard(self, raw: pd.DataFrame) -> pd.DataFrame:
