@@ -19,7 +19,7 @@ N_SOURCES = 48
 def analysed():
     """DEMO sources that all vary periodically (sine or eclipse, 0.05-50 d), reduced and analysed."""
     cfg = vconfig.load_config(overrides={"DEMO": {"periodic_fraction": 1.0, "variable_fraction": 0.0},
-                                         "simulator": {"enabled": False}})
+                                         "simulator": {"enabled": False}, "analysis": {"periodicity": {"enabled": True}}})
     obs = VirtualDemoObs.from_config(cfg)
     rng = np.random.default_rng(11)
     lcs, truth, noise = [], {}, {}
@@ -62,7 +62,7 @@ def test_periods_recovered_to_a_thousandth(analysed):
 
 def test_constant_sources_are_not_periodic():
     cfg = vconfig.load_config(overrides={"DEMO": {"periodic_fraction": 0.0, "variable_fraction": 0.0},
-                                         "simulator": {"enabled": False}})
+                                         "simulator": {"enabled": False}, "analysis": {"periodicity": {"enabled": True}}})
     obs = VirtualDemoObs.from_config(cfg)
     lcs = []
     for i in range(12):
@@ -83,6 +83,15 @@ def test_baluev_fap_is_astropys():
         want = ls.false_alarm_probability(z, minimum_frequency=0.02, maximum_frequency=20, method="baluev")
         # 1e-5: astropy takes the variance of t as E[t^2] - E[t]^2 (rounding), ours centred
         assert fap_baluev(z, 20.0, t, dy) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_periodicity_is_off_by_default():
+    cfg = vconfig.load_config(overrides={"simulator": {"enabled": False}})
+    obs = VirtualDemoObs.from_config(cfg)
+    row = {"name": "PER000", "ra": 100.5, "dec": 20.0, "mag": 16.0}
+    result = analyse_lightcurves(obs.reduce(obs.fetch_data_from_observatory(row)[0], cat_row=row), cfg, "DEMO")
+    assert result.periods.empty and list(result.periods.columns)[:2] == ["source_name", "obs"]
+    assert result.summary["period"].isna().all() and not result.summary["is_periodic"].any()
 
 
 def test_too_few_epochs_are_not_searched():

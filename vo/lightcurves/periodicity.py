@@ -32,7 +32,7 @@ from astropy.timeseries import BoxLeastSquares, LombScargle
 from scipy.special import gammaln
 
 #: Defaults of the ``analysis.periodicity`` config section.
-DEFAULTS = {"enabled": True, "min_period": 0.05, "max_period": 50.0, "oversampling": 3, "min_epochs": 30,
+DEFAULTS = {"enabled": False, "min_period": 0.05, "max_period": 50.0, "oversampling": 3, "min_epochs": 30,
             "max_fap": 1e-3}
 #: Subharmonics of the Lomb-Scargle peak searched by BLS (an eclipse's LS peak is often at k/P).
 BLS_HARMONICS = (1, 2, 3, 4, 5)
