@@ -261,3 +261,39 @@ def test_raw_photometry_save_load_and_for_source(tmp_path, monkeypatch):
     assert again.attrs["download_params_hash"] == short_hash({"seed": 1})
     ax = again.plot()
     assert ax.yaxis_inverted()
+
+
+def test_a_handed_over_file_loads_without_a_key_and_deletes_one_source(tmp_path):
+    """virtualobserver's ``RawPhotometry(filename=...)`` of a file with one source reads it;
+    ``delete_data_from_disk`` removes exactly its own source."""
+    one = tmp_path / "my_raw_data.h5"
+    RawStore(one).write_many({"J1": (raw_table(), attrs_for("J1"))})
+    data = RawPhotometry(filename=str(one))
+    data.load()
+    assert data.filekey == "J1" and data.attrs["cat_row"]["name"] == "J1"
+    pd.testing.assert_frame_equal(data.data, raw_table(), check_dtype=False)
+    two = tmp_path / "two.h5"
+    RawStore(two).write_many({k: (raw_table(seed=i), attrs_for(k)) for i, k in enumerate(["J1", "J2"])})
+    with pytest.raises(ValueError, match=r"two.h5: give filekey, the file holds 2 datasets \('J1', 'J2'\)"):
+        RawPhotometry(filename=str(two)).load()
+    RawPhotometry(filename=str(two), filekey="J1").delete_data_from_disk()
+    assert RawStore(two).keys() == ["J2"]
+    pd.testing.assert_frame_equal(RawStore(two).read("J2")[0], raw_table(seed=1), check_dtype=False)
+    assert not temp_files(tmp_path)
+
+
+def test_lightcurve_save_and_delete_keep_the_index_true(tmp_path):
+    path = tmp_path / "DEMO_photometry_RA123_reduced.h5"
+    lcs = [make_lc("DEMO_J1", 1, 2), make_lc("DEMO_J1", 2, 2)]
+    write_lightcurves(path, lcs, {"step": "reduce"})
+    extra = make_lc("DEMO_J9", 1, 1, season=4)
+    extra.save(path)
+    index = read_lightcurve_index(path)
+    assert sorted(index["filekey"]) == sorted([lc.filekey for lc in lcs] + [extra.filekey])
+    assert dict(zip(index["filekey"], index["season"]))[extra.filekey] == 4
+    assert h5py.File(path).attrs["n_lightcurves"] == 3 and h5py.File(path).attrs["step"] == "reduce"
+    lcs[0].delete_data_from_disk()
+    assert sorted(read_lightcurve_index(path)["filekey"]) == sorted([lcs[1].filekey, extra.filekey])
+    assert sorted(lc.filekey for lc in read_lightcurves(path)) == sorted([lcs[1].filekey, extra.filekey])
+    with pytest.raises(ValueError, match="give save\\(\\) a path"):
+        make_lc("DEMO_J5").save()

@@ -84,17 +84,33 @@ class _FileDataset:
         self._data = value
 
     def load(self):
-        """Read ``data`` and ``attrs`` from group ``filekey`` of the file; returns self."""
+        """Read ``data`` and ``attrs`` from group ``filekey`` of the file; returns self.
+
+        Without a key (``RawPhotometry(filename=...)`` of a file someone handed over) the
+        file's only dataset is read; a file with several names them in the error.
+        """
         path = self.get_fullname()
         try:
             with h5py.File(path, "r") as f:
-                if self.filekey not in f:
-                    raise KeyError(f"{path}: no group {self.filekey!r}")
-                self._data, attrs = vh5.read_table(f[self.filekey])
+                key = self._key_in(f, path)
+                if key not in f:
+                    raise KeyError(f"{path}: no group {key!r}")
+                self._data, attrs = vh5.read_table(f[key])
         except OSError as exc:
-            raise OSError(f"{path}: cannot read {self.filekey!r}: {exc}") from exc
+            raise OSError(f"{path}: cannot read {self._filekey or 'its dataset'!r}: {exc}") from exc
         self.attrs.update(attrs)
         return self
+
+    def _key_in(self, f: h5py.File, path) -> str:
+        try:
+            return self.filekey
+        except ValueError:
+            keys = [k for k in f.keys() if k != INDEX_KEY]
+            if len(keys) != 1:
+                raise ValueError(f"{path}: give filekey, the file holds {len(keys)} datasets "
+                                 f"({', '.join(map(repr, keys[:5]))}{' ...' if len(keys) > 5 else ''})") from None
+            self._filekey = keys[0]
+            return self._filekey
 
     def __repr__(self) -> str:
         n = "?" if self._data is None else len(self._data)
@@ -138,6 +154,14 @@ class RawPhotometry(_FileDataset):
         path = self._set_path(path)
         RawStore(path).write_many({self.filekey: (self._data, self.attrs)})
         return path
+
+    def delete_data_from_disk(self) -> None:
+        """Remove this source from its raw store (copy-on-write; the other sources stay)."""
+        from vo.lightcurves.rawstore import RawStore
+
+        path = self.get_fullname()
+        if path.exists():
+            RawStore(path).delete([self.filekey])
 
     def plot(self, ax=None):
         """Magnitude (mag) against MJD (days), one colour per filter; returns the axes.
@@ -272,15 +296,30 @@ class Lightcurve(_FileDataset):
         return self._own_columns() if self._columns is not None else self._data
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write (or replace) this light curve's group in its file (lock + copy-on-write)."""
-        from vo.lightcurves.rawstore import write_groups
+        """Write (or replace) this light curve in its file (lock + copy-on-write); the file's
+        index (:data:`INDEX_KEY`) is rewritten, so readers of the index see it."""
+        from vo.lightcurves.rawstore import update_hdf5
 
         table = self._table()
         if table is None:
             raise ValueError(f"{self!r}: nothing to save (data is None)")
+        if path is None and self.filename is None:
+            raise ValueError(f"{self!r} has no file yet: give save() a path (light curves reduced by a "
+                             "project's observatory know their file)")
         path = self._set_path(path)
-        write_groups(path, {self.filekey: (table, self.attrs)}, layout="records", index_attrs=INDEX_ATTRS)
+        with update_hdf5(path, replace=[self.filekey, INDEX_KEY]) as f:
+            vh5.write_tables(f, {self.filekey: (table, self.attrs)}, layout="records", index_attrs=INDEX_ATTRS)
+            _rewrite_index(f)
         return path
+
+    def delete_data_from_disk(self) -> None:
+        """Remove this light curve from its file (copy-on-write; the index is rewritten)."""
+        from vo.lightcurves.rawstore import update_hdf5
+
+        path = self.get_fullname()
+        if path.exists():
+            with update_hdf5(path, replace=[self.filekey, INDEX_KEY]) as f:
+                _rewrite_index(f)
 
     def plot(self, ax=None):
         """Flux (uJy) with errors against MJD (days); returns the axes."""
@@ -308,6 +347,14 @@ INDEX_KEY = "#index"
 INDEX_STR = ("filekey", "source_name", "obs", "filter")
 INDEX_INT = ("season", "reduction_number", "reduction_total", "n_epochs")
 INDEX_FLOAT = ("flux_mean", "flux_rms", "mag_mean", "mjd_start", "mjd_end", "cat_ra", "cat_dec", "cat_mag")
+
+
+def _rewrite_index(f: h5py.File) -> None:
+    """The index table and ``n_lightcurves`` of an open reduced file, from its light curves."""
+    keys = [k for k in f.keys() if k != INDEX_KEY]
+    lcs = [Lightcurve(attrs=attrs, filekey=key) for key, attrs in vh5.read_metas(f, keys).items()]
+    vh5.write_table(f, INDEX_KEY, lightcurve_index(lcs), layout="records")
+    vh5.write_attrs(f, {"n_lightcurves": len(keys)})
 
 
 def _int_or_missing(value) -> int:
