@@ -27,6 +27,39 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and the key."""
 
 
+def load_class(spec: str, base: type | None = None, key: str = "class") -> type:
+    """The class a config names: ``"package.module.Class"``, ``"package.module:Class"`` or
+    ``"path/to/file.py:Class"`` (a file path, absolute or relative to the working directory).
+
+    ``base``: the class must be it or a subclass. Errors name ``key`` and the value.
+    """
+    import importlib
+    import importlib.util
+
+    text = str(spec).strip()
+    module_name, sep, cls_name = text.rpartition(":") if ":" in text else text.rpartition(".")
+    if not module_name or not cls_name:
+        raise ConfigError(f"{key}: {spec!r} is not 'module.Class', 'module:Class' or 'file.py:Class'")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            path = Path(module_name).expanduser().resolve()
+            if not path.is_file():
+                raise ConfigError(f"{key}: {spec!r}: no file {path}")
+            mod_spec = importlib.util.spec_from_file_location(f"vo_extension_{path.stem}", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{key}: {spec!r}: cannot import {module_name!r} ({exc})") from None
+    cls = getattr(module, cls_name, None)
+    if not isinstance(cls, type):
+        raise ConfigError(f"{key}: {spec!r}: {module_name!r} has no class {cls_name!r}")
+    if base is not None and not issubclass(cls, base):
+        raise ConfigError(f"{key}: {spec!r} is not a subclass of {base.__module__}.{base.__qualname__}")
+    return cls
+
+
 def load_schema() -> dict:
     """The parsed schema (read once per process; treat it as read-only)."""
     return _schema()

@@ -106,6 +106,10 @@ class Project:
         defaults; ``None``: no file.  A given file that does not exist is an error.
     cfg_key : top-level key of ``cfg_file`` holding the config.
     version_control, data_root : shortcuts for ``project.version_control``/``project.data_root``.
+    analysis_module, analysis_class : a custom analysis (a subclass of
+        :class:`vo.lightcurves.analysis.Analysis`): a module path (``"extensions.my_analysis"``,
+        importable) or file (``"extensions/my_analysis.py"``) and the class name; sets
+        ``analysis.class_path``.
     **observatory_kwargs : per-observatory overrides, e.g. ``ZTF={...}``, applied last.
     """
 
@@ -114,7 +118,8 @@ class Project:
                  obs_kwargs: dict | None = None, simulator_kwargs: dict | None = None,
                  histogram_kwargs: dict | None = None, database_kwargs: dict | None = None,
                  cfg_file=_UNSET, cfg_key: str | None = None, version_control: bool | None = None,
-                 data_root: str | None = None, **observatory_kwargs):
+                 data_root: str | None = None, analysis_module: str | None = None,
+                 analysis_class: str | None = None, **observatory_kwargs):
         unknown = [k for k in observatory_kwargs if k.upper() not in OBSERVATORIES]
         if unknown:
             raise TypeError(f"Project() got unknown keyword arguments {unknown}; observatory "
@@ -146,6 +151,18 @@ class Project:
                             ("database", database_kwargs)):
             if kw:
                 over[section] = kw
+        if analysis_module or analysis_class:
+            if not (analysis_module and analysis_class):
+                raise TypeError("Project(): give analysis_module and analysis_class together")
+            sep = ":" if analysis_module.endswith(".py") else "."
+            over["analysis"] = {**over.get("analysis", {}), "class_path": f"{analysis_module}{sep}{analysis_class}"}
+        if over.get("analysis", {}).get("class_path"):  # keys the built-in analysis does not know
+            # are the custom class's parameters (without a custom class they are typos: an error)
+            known = vconfig.load_schema()["properties"]["analysis"]["properties"]
+            extra = {k: v for k, v in over["analysis"].items() if k not in known}
+            if extra:
+                over["analysis"] = {**{k: v for k, v in over["analysis"].items() if k in known},
+                                    "custom": {**over["analysis"].get("custom", {}), **extra}}
         cfg = vconfig.deep_merge(base, over)
         for obs in cfg["project"]["obs_names"]:
             if obs_kwargs:

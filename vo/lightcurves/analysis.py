@@ -200,6 +200,34 @@ def _detections(batch: Batch, events: dict, simulated: bool, sim_rows: pd.DataFr
     return pd.DataFrame(table, columns=list(DETECTION_COLUMNS))
 
 
+class Analysis:
+    """The analysis of one RA bin's light curves, as the analysis step runs it.
+
+    Subclass it to change or extend the analysis, and name the subclass in
+    ``analysis.class_path`` (virtualobserver's ``analysis_module`` and ``analysis_class``);
+    ``self.custom`` holds ``analysis.custom`` (the subclass's own parameters), ``self.pars``
+    the ``analysis`` section. :meth:`run` must return an :class:`AnalysisResult`.
+    """
+
+    def __init__(self, cfg: dict, obs: str):
+        self.cfg, self.obs = cfg, obs
+        self.pars = cfg["analysis"]
+        self.custom = dict(self.pars.get("custom") or {})
+
+    def run(self, lcs: list) -> AnalysisResult:
+        """Quality checks, events, injections, periods and histograms (:func:`analyse_lightcurves`)."""
+        return analyse_lightcurves(lcs, self.cfg, self.obs)
+
+
+def analysis_for(cfg: dict, obs: str) -> Analysis:
+    """The configured analysis (``analysis.class_path``, else :class:`Analysis`) for ``obs``."""
+    from vo.config import load_class
+
+    path = cfg["analysis"].get("class_path")
+    cls = load_class(path, Analysis, "analysis.class_path") if path else Analysis
+    return cls(cfg, obs)
+
+
 def analyse_lightcurves(lcs: list, cfg: dict, obs: str) -> AnalysisResult:
     """Analyse light curves: quality checks, events, injections, histograms.
 

@@ -120,7 +120,9 @@ def run_analysis(cfg: dict, obs: str, ra_bin, inputs: dict, outputs: dict) -> No
     from vo.lightcurves.datasets import read_lightcurves
 
     lcs = read_lightcurves(inputs["reduced"])
-    result = analysis.analyse_lightcurves(lcs, cfg, obs)
+    result = analysis.analysis_for(cfg, obs).run(lcs)
+    if not isinstance(result, analysis.AnalysisResult):
+        raise TypeError(f"{cfg['analysis'].get('class_path')}.run returned {type(result).__name__}, not an AnalysisResult")
     attrs = file_attrs(cfg, "analysis", obs)
     analysis.write_analysis(outputs["analysis"], result, attrs)
     ds = result.histograms
