@@ -55,6 +55,16 @@ def test_periods_recovered_to_a_thousandth(analysed):
     assert ecl
     for n in ecl:
         assert periods.loc[n, "bls_depth"] == pytest.approx(truth[n]["amplitude"], rel=0.3, abs=3 * noise[n])
+    # the histograms count the searched and the periodic sources by period and magnitude
+    h = result.histograms
+    assert int(h["sources_searched"].sum()) == N_SOURCES
+    assert int(h["sources_periodic"].sum()) == int(periods["is_periodic"].sum())
+    edges = h.attrs["period_edges"]
+    assert edges[0] == pytest.approx(0.05) and edges[-1] == pytest.approx(50.0)
+    by_bin = h["sources_periodic"].sum("mag").to_numpy()
+    want = np.bincount(np.clip(np.searchsorted(edges[1:-1], periods.loc[periods["is_periodic"], "period"],
+                                               side="right"), 0, len(edges) - 2), minlength=len(edges) - 1)
+    np.testing.assert_array_equal(by_bin, want)
     # the summary repeats the source's period on each of its light curves
     s = result.summary
     assert np.allclose(s["period"], s["source_name"].map(periods["period"]), equal_nan=True)
@@ -91,6 +101,7 @@ def test_periodicity_is_off_by_default():
     row = {"name": "PER000", "ra": 100.5, "dec": 20.0, "mag": 16.0}
     result = analyse_lightcurves(obs.reduce(obs.fetch_data_from_observatory(row)[0], cat_row=row), cfg, "DEMO")
     assert result.periods.empty and list(result.periods.columns)[:2] == ["source_name", "obs"]
+    assert "sources_periodic" not in result.histograms
     assert result.summary["period"].isna().all() and not result.summary["is_periodic"].any()
 
 

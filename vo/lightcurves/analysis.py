@@ -299,12 +299,19 @@ def analyse_lightcurves(lcs: list, cfg: dict, obs: str) -> AnalysisResult:
     summary["period_fap"] = names.map(pd.Series(fap, index=by_source.index)).to_numpy(float)
     summary["is_periodic"] = names.isin(by_source.index[by_source["is_periodic"].astype(bool)]).to_numpy()
 
+    per_source = None
+    pp = {**vperiod.DEFAULTS, **pars.get("periodicity", {})}
+    if pp["enabled"]:  # every bin of a run then has the period arrays, so the bins add up
+        mags = summary.groupby("source_name", sort=False)["mag_mean"].median()
+        per_source = {"mag": periods["source_name"].map(mags).to_numpy(float),
+                      "period": periods["period"].to_numpy(float), "periodic": periods["is_periodic"].to_numpy(bool),
+                      "period_edges": vhist.period_edges(float(pp["min_period"]), float(pp["max_period"]))}
     histograms = vhist.make_histograms(
         {"snr": cols["dsnr"], "dmag": cols["mag"] - meta["mag_mean"][lc_of], "offset": offset}, good,
         lc_of, meta["mag_mean"], meta["filter"], cols["exptime"], vhist.edges_from_config(cfg["histograms"]),
         efficiency={"injected": result["counts"]["injected"], "recovered": result["counts"]["recovered"],
                     "sim_types": vsim.SIM_TYPES, "amplitude_edges": sim.amplitude_edges,
-                    "duration_edges": sim.duration_edges})
+                    "duration_edges": sim.duration_edges}, periods=per_source)
     return AnalysisResult(summary, detections, injections, efficiency, periods, histograms)
 
 

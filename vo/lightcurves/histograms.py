@@ -12,7 +12,10 @@ Each analysis job counts its epochs on the axes
 into the arrays ``all_snr(snr, mag, exptime, filter)`` and ``good_snr(...)`` (epochs that
 passed the quality checks), and likewise ``all_dmag``/``good_dmag`` and
 ``all_offset``/``good_offset``; ``lightcurves(mag, filter)`` counts light curves, and
-``sim_injected``/``sim_recovered(sim_type, amplitude, duration)`` count simulated events.
+``sim_injected``/``sim_recovered(sim_type, amplitude, duration)`` count simulated events, and
+with the period search on, ``sources_searched(mag)`` and ``sources_periodic(period, mag)``
+count the sources searched and those found periodic (by their best period, days, and
+their light curves' median mean magnitude).
 Values beyond the outer edges are counted in the outer bins; epochs with a non-finite
 value on an axis are not counted in that array (e.g. offsets without positions).
 Coordinates are bin centres; the edges are the dataset attributes ``{axis}_edges``.
@@ -36,7 +39,9 @@ from vo.io.atomic import atomic_path
 
 VALUE_AXES = ("snr", "dmag", "offset")
 SOURCE_AXES = ("mag", "exptime")
-EDGE_AXES = VALUE_AXES + SOURCE_AXES + ("amplitude", "duration")
+EDGE_AXES = VALUE_AXES + SOURCE_AXES + ("amplitude", "duration", "period")
+#: Bins of the period axis per decade (logarithmic, from min_period to max_period).
+PERIOD_BINS_PER_DECADE = 5
 #: Categorical axes: joined by union when histograms are added.
 CATEGORICAL_AXES = ("filter", "sim_type")
 
@@ -64,8 +69,14 @@ def _centres(edges) -> np.ndarray:
     return 0.5 * (edges[1:] + edges[:-1])
 
 
+def period_edges(min_period: float, max_period: float) -> np.ndarray:
+    """Logarithmic period bin edges (days), :data:`PERIOD_BINS_PER_DECADE` per decade."""
+    n = max(1, int(np.ceil(PERIOD_BINS_PER_DECADE * np.log10(max_period / min_period))))
+    return np.geomspace(min_period, max_period, n + 1)
+
+
 def make_histograms(values: dict, good, lc_index, lc_mag, lc_filters, exptime, edges: dict,
-                    efficiency: dict | None = None) -> xr.Dataset:
+                    efficiency: dict | None = None, periods: dict | None = None) -> xr.Dataset:
     """Histograms of the concatenated epochs of many light curves.
 
     Parameters
@@ -78,6 +89,8 @@ def make_histograms(values: dict, good, lc_index, lc_mag, lc_filters, exptime, e
     edges : from :func:`edges_from_config`.
     efficiency : ``{"injected", "recovered", "sim_types", "amplitude_edges",
         "duration_edges"}``: count arrays of shape (sim_type, amplitude, duration).
+    periods : ``{"mag", "period", "periodic", "period_edges"}``: per searched source its
+        magnitude (mag), best period (days) and whether it is periodic; the period edges.
     """
     lc_filters = np.asarray(lc_filters).astype(str)
     names, fcode = np.unique(lc_filters, return_inverse=True)
@@ -116,6 +129,17 @@ def make_histograms(values: dict, good, lc_index, lc_mag, lc_filters, exptime, e
             e = np.asarray(efficiency[f"{axis}_edges"], dtype=float)
             coords[axis] = np.sqrt(e[1:] * e[:-1])
             attrs[f"{axis}_edges"] = e
+    if periods is not None:
+        pe = np.asarray(periods["period_edges"], dtype=float)
+        n_p = pe.size - 1
+        m_bin = bin_index(periods["mag"], edges["mag"])
+        p_bin = bin_index(periods["period"], pe)
+        data["sources_searched"] = (("mag",), np.bincount(m_bin[m_bin >= 0], minlength=n_mag))
+        ok = (m_bin >= 0) & (p_bin >= 0) & np.asarray(periods["periodic"], bool)
+        data["sources_periodic"] = (("period", "mag"), np.bincount(p_bin[ok] * n_mag + m_bin[ok],
+                                                                   minlength=n_p * n_mag).reshape(n_p, n_mag))
+        coords["period"] = np.sqrt(pe[1:] * pe[:-1])
+        attrs["period_edges"] = pe
     for name, (dims, arr) in data.items():
         data[name] = (dims, arr.astype(np.int64, copy=False))
     return xr.Dataset(data, coords=coords, attrs=attrs)
