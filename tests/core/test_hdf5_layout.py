@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from vo.io import hdf5 as vh5
-from vo.lightcurves.datasets import INDEX_KEY, Lightcurve, read_lightcurves, sanitize_key, write_lightcurves
+from vo.lightcurves.datasets import INDEX_KEY, Lightcurve, read_lightcurves, write_lightcurves
+from vo.lightcurves.keys import sanitize_key
 from vo.lightcurves.observatories.base import read_raw_columns
 from vo.lightcurves.rawstore import RawStore
 from vo.provenance import short_hash

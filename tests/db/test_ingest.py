@@ -19,7 +19,8 @@ from vo.ingest.populate import populate
 from vo.db import models as m
 from vo.io import hdf5 as vh5
 from vo.io.atomic import checksum
-from vo.lightcurves.datasets import Lightcurve, read_lightcurves, sanitize_key, write_lightcurves
+from vo.lightcurves.datasets import Lightcurve, read_lightcurves, write_lightcurves
+from vo.lightcurves.keys import sanitize_key
 
 PROJECT = "TESTPROJ"
 OBS = "DEMO"

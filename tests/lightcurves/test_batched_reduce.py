@@ -280,5 +280,5 @@ def test_reduce_store_equals_reduce_source(tmp_path):
 
 
 def vreduce_key(row: dict) -> str:
-    from vo.lightcurves.datasets import sanitize_key
+    from vo.lightcurves.keys import sanitize_key
     return sanitize_key(row["name"])

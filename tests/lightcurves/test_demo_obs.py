@@ -10,7 +10,8 @@ import pytest
 from vo import config as vconfig
 from vo.catalog import Catalog
 from vo.io import hdf5 as vh5
-from vo.lightcurves.datasets import RawPhotometry, sanitize_key
+from vo.lightcurves.datasets import RawPhotometry
+from vo.lightcurves.keys import sanitize_key
 from vo.lightcurves.observatories import get_observatory
 from vo.lightcurves.observatories.base import DownloadError, ParamsMismatchError
 from vo.lightcurves.rawstore import RawStore
@@ -264,7 +265,7 @@ def test_reduce_raw_photometry_and_store(tmp_path, targets):
 def test_hostile_source_names_keep_their_own_data(tmp_path, targets):
     """Source keys are one to one and reversible: ``a/b`` and ``a_b`` (and ``a b``, ``a~b``,
     non-ASCII, dots) each get their own group with their own star's photometry."""
-    from vo.lightcurves.datasets import unsanitize_key
+    from vo.lightcurves.keys import unsanitize_key
 
     hostile = ["a/b", "a_b", "a b", "a~b", "a~2Fb", "Ωmega cen", "..", "../etc", "x.y+z-1"]
     keys = [sanitize_key(n) for n in hostile]

@@ -8,9 +8,7 @@ crash never corrupts a file.
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 from pathlib import Path
 
 import h5py
@@ -18,38 +16,29 @@ import numpy as np
 import pandas as pd
 
 from vo.io import hdf5 as vh5
+from vo.lightcurves.keys import sanitize_key
 
 
-_KEY_SAFE = re.compile(r"[A-Za-z0-9_.+\-]")
-_KEY_ESCAPE = re.compile(rb"~([0-9A-F]{2})")
-
-
-@functools.lru_cache(maxsize=1 << 16)  # light-curve keys ask for each source's key many times
-def sanitize_key(name: str) -> str:
-    """HDF5- and file-name-safe key of a source name, one to one (:func:`unsanitize_key` reverses it).
-
-    Letters, digits and ``_ . + -`` stay; every other byte of the UTF-8 name (``/``, spaces,
-    ``~`` itself) becomes ``~XX`` (hex), and so do the dots of a name that is only dots.  Why
-    not ``_`` for every unsafe character, as before: ``a/b`` and ``a_b`` then shared one group,
-    and one source got another's photometry without an error.  Surrounding spaces are not part
-    of a name (stripped).
-    """
-    text = str(name).strip()
-    if not text:
-        raise ValueError(f"source name {name!r} gives an empty key")
-    if set(text) == {"."}:
-        return "~2E" * len(text)
-    return "".join(ch if _KEY_SAFE.fullmatch(ch) else "".join(f"~{b:02X}" for b in ch.encode("utf-8"))
-                   for ch in text)
-
-
-def unsanitize_key(key: str) -> str:
-    """The source name of a key made by :func:`sanitize_key`."""
-    return _KEY_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), key.encode("utf-8")).decode("utf-8")
+def _blank(cls):
+    """An instance made without ``__init__`` (fast). A class that :mod:`vo.db` has mapped onto
+    a table needs its ORM instance state, which the class's manager creates (looked up by
+    name: science modules do not import the database)."""
+    manager = cls.__dict__.get("_sa_class_manager")
+    return manager.new_instance() if manager is not None else cls.__new__(cls)
 
 
 class _FileDataset:
-    """Shared file bookkeeping: ``filename``, ``folder``, ``filekey`` and lazy ``data``."""
+    """Shared file bookkeeping: ``filename``, ``folder``, ``filekey`` and lazy ``data``.
+
+    :mod:`vo.db` maps these classes onto its tables (a row read from the database *is* a
+    dataset), and the ORM makes such rows without ``__init__``: hence the class-level defaults
+    and the lazily created ``attrs``.
+    """
+
+    _data = None
+    _filekey = None
+    filename = None
+    folder = None
 
     def __init__(self, data: pd.DataFrame | None = None, attrs: dict | None = None,
                  filename: str | None = None, folder: str | None = None, filekey: str | None = None):
@@ -60,6 +49,18 @@ class _FileDataset:
         self.filename = None if filename is None else str(filename)
         self.folder = None if folder is None else str(folder)
         self._filekey = filekey
+
+    @property
+    def attrs(self) -> dict:
+        """Metadata (catalog row, identifiers, statistics); read from the file with the data."""
+        a = self.__dict__.get("_attrs")
+        if a is None:
+            a = self.__dict__["_attrs"] = {}
+        return a
+
+    @attrs.setter
+    def attrs(self, value: dict) -> None:
+        self.__dict__["_attrs"] = value
 
     def get_fullname(self) -> Path:
         """Full path of the file holding the data."""
@@ -204,6 +205,9 @@ class Lightcurve(_FileDataset):
     never missed) and the light curve no longer belongs to a block.
     """
 
+    _columns = None
+    _span = None
+
     def __init__(self, data: pd.DataFrame | None = None, attrs: dict | None = None,
                  filename: str | None = None, folder: str | None = None, filekey: str | None = None,
                  columns: dict | None = None, span: tuple[int, int] | None = None):
@@ -217,9 +221,8 @@ class Lightcurve(_FileDataset):
     def in_block(cls, attrs: dict, columns: dict, span: tuple[int, int]) -> "Lightcurve":
         """``Lightcurve(attrs=attrs, columns=columns, span=span)`` without a file, made
         faster (a reduction makes thousands); ``attrs`` is kept, not copied."""
-        lc = cls.__new__(cls)
-        lc._data, lc.attrs, lc.filename, lc.folder, lc._filekey = None, attrs, None, None, None
-        lc._columns, lc._span = columns, span
+        lc = _blank(cls)
+        lc.attrs, lc._columns, lc._span = attrs, columns, span
         return lc
 
     @property
@@ -341,7 +344,7 @@ class Lightcurve(_FileDataset):
 INDEX_ATTRS = ("source_name", "filter", "reduction_number")
 #: Name of a reduced file's index: one row per light curve (its key, identifiers and
 #: statistics), so that a reader of those (database ingest) reads one table, not an attribute
-#: per light curve.  ``#`` is never in a light curve's key (:func:`sanitize_key`).
+#: per light curve.  ``#`` is never in a light curve's key (:func:`vo.lightcurves.keys.sanitize_key`).
 INDEX_KEY = "#index"
 #: Columns of the index: strings; integers (-1: missing); floats (NaN: missing).
 INDEX_STR = ("filekey", "source_name", "obs", "filter")

@@ -1,7 +1,7 @@
 """The shared raw-photometry store: one HDF5 file per observatory and integer RA degree.
 
 ``{data_root}/{OBS}/{OBS}_photometry_RA{ra:03d}.h5`` (see :meth:`vo.paths.Paths.raw_photometry`)
-holds one group per source (key = :func:`vo.lightcurves.datasets.sanitize_key` of its
+holds one group per source (key = :func:`vo.lightcurves.keys.sanitize_key` of its
 name): the raw table (:func:`vo.io.hdf5.write_table`, columns layout: a dataset per
 column, so ``f["{key}/mag"]`` reads the magnitudes) with the group attributes
 ``cat_row``, ``download_params``, ``download_params_hash``, ``obs``, ``downloaded_at`` and

@@ -14,7 +14,8 @@ import pandas as pd
 from vo import config as vconfig
 from vo.io import hdf5 as vh5
 from vo.lightcurves import reduce as vreduce
-from vo.lightcurves.datasets import RawPhotometry, sanitize_key, unsanitize_key
+from vo.lightcurves.datasets import RawPhotometry
+from vo.lightcurves.keys import sanitize_key, unsanitize_key
 from vo.lightcurves.rawstore import RawStore, StoreError, utc_now
 from vo.provenance import short_hash
 
