@@ -404,19 +404,6 @@ def _outliers(fw_star, fw_model, chi, dof, use, snr, clip: float) -> np.ndarray:
     return use & (wide | misfit)
 
 
-def _lower_order_start(model: PSFModel, order: int) -> PSFModel:
-    """The start of a lower-order joint fit: the least-squares polynomial of ``order`` through
-    ``model``'s shape parameters at its used stars (the joint fit then takes 3-5 Gauss-Newton
-    steps instead of the 10-14 from the single-star fits of :func:`initial_model`)."""
-    s = model.stars
-    use = np.asarray(s["used"], bool)
-    uv = _uv(s["x"], s["y"], model.shape)
-    P = model.coeffs @ _design(*uv, model.order).T                     # (4, N) at the stars
-    coef, *_ = np.linalg.lstsq(_design(*uv, order)[use], P[:, use].T, rcond=None)
-    return PSFModel(coeffs=coef.T.copy(), order=order, shape=model.shape, subsample=model.subsample,
-                    stars=s)
-
-
 def grid_range(model: PSFModel, n: int = 5) -> tuple[float, float]:
     """Smallest and largest FWHM (pix) of the model on an ``n`` x ``n`` grid over the image."""
     ny, nx = model.shape
@@ -452,10 +439,10 @@ def fit_psf(sub, weight, rms, stars: Table, shape, order: int, half: int, subsam
     """
     start = initial_model(stars, shape, order, subsample, name=name)
     models = {start.order: refine_model(sub, weight, rms, start, half, name=name)}
-    full = models[start.order]
-    used = np.asarray(full.stars["used"], bool)
+    used = np.asarray(models[start.order].stars["used"], bool)
     for o in range(start.order - 1, -1, -1):
-        models[o] = refine_model(sub, weight, rms, _lower_order_start(full, o), half, use=used, name=name)
+        models[o] = refine_model(sub, weight, rms, initial_model(stars, shape, o, subsample, name=name),
+                                 half, use=used, name=name)
     top = models[start.order].stars.meta
     # the order by the Bayesian information criterion on the same stars: a higher order must
     # lower the total chi^2 by ln(npix) per coefficient it adds, else its freedom fits noise (a
