@@ -8,6 +8,7 @@
         source = session.scalars(sa.select(Source).where(Source.name == "J123.1-32.13")).first()
 """
 
+from vo.db import datasets as _datasets  # noqa: F401  (rows that are datasets: load and insert events)
 from vo.db.engine import Session, engine_from_config, get_engine, url_from_config, write_engine
 from vo.db.migrate import init_db
 from vo.db.models import (PSF, Base, CatalogExcerpt, Cutouts, Detection, Exposure, Image, Lightcurve,

@@ -40,13 +40,23 @@ class Session(_Session):
 
     ``Session()`` with no engine opens the database of the default config
     (``config/config.yaml``, ``VO_DATA``, ``VO_DB_URL``), as virtualobserver's did.
+    ``cfg``: the config whose files the rows index (default with no engine: the default
+    config); raw photometry and light curves read in this session load their data from its
+    data root (or ``data_root``), and light curves added to it get its reduce provenance.
     """
 
-    def __init__(self, bind=None, **kwargs):
+    def __init__(self, bind=None, data_root=None, cfg: dict | None = None, **kwargs):
         if bind is None:
             from vo.config import load_config
-            bind = engine_from_config(load_config())
+            cfg = cfg if cfg is not None else load_config()
+            bind = engine_from_config(cfg)
         super().__init__(bind=bind, **kwargs)
+        if cfg is not None:
+            from vo.config import data_root as config_data_root
+            self.info["cfg"] = cfg
+            self.info["data_root"] = str(config_data_root(cfg))
+        if data_root is not None:
+            self.info["data_root"] = str(data_root)
 
 
 def _nan_to_none(obj):

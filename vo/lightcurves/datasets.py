@@ -27,6 +27,22 @@ def _blank(cls):
     return manager.new_instance() if manager is not None else cls.__new__(cls)
 
 
+class _key_property:  # noqa: N801 (a decorator, like property)
+    """``filekey``: on an instance, the dataset's key (given, or derived from its attributes);
+    on the class, the class's ``_filekey``: the table column once :mod:`vo.db` has mapped the
+    class, so ``sa.select(Lightcurve.filekey)`` is SQL."""
+
+    def __init__(self, fget):
+        self.fget = fget
+        self.__doc__ = fget.__doc__
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            column = owner.__dict__.get("_filekey")
+            return column if column is not None else self
+        return self.fget(obj)
+
+
 class _FileDataset:
     """Shared file bookkeeping: ``filename``, ``folder``, ``filekey`` and lazy ``data``.
 
@@ -126,7 +142,7 @@ class RawPhotometry(_FileDataset):
     the sanitised source name.
     """
 
-    @property
+    @_key_property
     def filekey(self) -> str:
         if self._filekey:
             return self._filekey
@@ -225,7 +241,7 @@ class Lightcurve(_FileDataset):
         lc.attrs, lc._columns, lc._span = attrs, columns, span
         return lc
 
-    @property
+    @_key_property
     def filekey(self) -> str:
         if self._filekey:
             return self._filekey

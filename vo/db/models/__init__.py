@@ -39,6 +39,9 @@ Design choices
   ``lightcurves``), while every batch has one or a few provenances that ingest looks up
   (and fails on) before it writes.  Provenances are never deleted.  Their parent rows
   (sources, cutouts, measurements) keep their foreign keys and cascades.
+* ``raw_photometry`` and ``lightcurves`` rows are the light-curve datasets themselves
+  (:mod:`vo.lightcurves.datasets`, mapped imperatively in :mod:`vo.db.models.lightcurves`;
+  :mod:`vo.db.datasets` ties row and file): one class whether read from a file or a table.
 * Every change to the models needs a migration (:mod:`vo.db.migrate`: ``vo db revision``).
 """
 
@@ -87,3 +90,8 @@ TRANSIENT_TABLES = ("references", "subtractions", "cutouts", "measurements", "sc
 def spatial_tables() -> list[sa.Table]:
     """Tables with sky positions (ra, dec, healpix): they get a q3c index on PostgreSQL."""
     return [m.local_table for m in Base.registry.mappers if issubclass(m.class_, SkyPositionMixin)]
+
+
+# every mapper configured now: light curves made fast (without __init__, see
+# vo.lightcurves.datasets._blank) need their attributes set up before the first one is built
+sa.orm.configure_mappers()

@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from vo.db.models.base import _BULK_PROVENANCE, Base, FileMixin, JSONType, SkyPositionMixin, TimestampMixin
+from vo.db.models.base import _BULK_PROVENANCE, Base, JSONType, SkyPositionMixin, TimestampMixin
+from vo.lightcurves import datasets
 
 
 class Provenance(TimestampMixin, Base):
@@ -50,47 +51,60 @@ class Source(SkyPositionMixin, TimestampMixin, Base):
         return f"Source({self.name!r}, {self.project}, ra={self.ra:.5f}, dec={self.dec:.5f})"
 
 
-class RawPhotometry(FileMixin, TimestampMixin, Base):
-    """Raw photometry of one source from one observatory (a group of the shared raw store)."""
-
-    __tablename__ = "raw_photometry"
-    __table_args__ = (sa.UniqueConstraint("source_id", "obs", name="uq_raw_photometry_source_obs"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    source_id: Mapped[int] = mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"))
-    obs: Mapped[str] = mapped_column(sa.String(32))
-    n_rows: Mapped[int] = mapped_column(sa.Integer, doc="Rows (epochs) in the raw table")
-    download_params_hash: Mapped[str | None] = mapped_column(sa.String(64))
-
-    source: Mapped[Source] = relationship(back_populates="raw_data")
-    source_name: AssociationProxy[str] = association_proxy("source", "name")
+# -- raw photometry and light curves: the datasets themselves, mapped onto their tables ------
+# A row read from the database *is* a vo.lightcurves.datasets.RawPhotometry or Lightcurve (one
+# class per concept, as virtualobserver users expect): it loads its data, is reduced, plotted,
+# saved and deleted like one read from a file. The science classes stay free of the database;
+# this module maps them (imperatively) and :mod:`vo.db.datasets` keeps their files and rows in
+# step (data root on load, relative paths and checksums on insert).
+def _file_columns() -> list[sa.Column]:
+    return [sa.Column("filename", sa.String, nullable=False, doc="File path relative to the data root"),
+            sa.Column("filekey", sa.String, nullable=False, doc="Key inside the file (HDF5 group)"),
+            sa.Column("checksum", sa.String(64), nullable=False, doc="sha256 of the file at ingest"),
+            sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False)]
 
 
-class Lightcurve(FileMixin, TimestampMixin, Base):
-    """A reduced light curve: one source, one observatory, one filter, one season."""
+raw_photometry_table = sa.Table(
+    "raw_photometry", Base.metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("obs", sa.String(32), nullable=False),
+    sa.Column("n_rows", sa.Integer, nullable=False, doc="Rows (epochs) in the raw table"),
+    sa.Column("download_params_hash", sa.String(64)),
+    *_file_columns(),
+    sa.UniqueConstraint("source_id", "obs", name="uq_raw_photometry_source_obs"))
 
-    __tablename__ = "lightcurves"
-    __table_args__ = (sa.UniqueConstraint("provenance_id", "filename", "filekey",
-                                          name="uq_lightcurves_prov_file_key"),)
+lightcurves_table = sa.Table(
+    "lightcurves", Base.metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("provenance_id", sa.Integer, nullable=False, doc=_BULK_PROVENANCE),
+    sa.Column("obs", sa.String(32), nullable=False),
+    sa.Column("filter", sa.String(32), nullable=False),
+    sa.Column("season", sa.Integer),
+    sa.Column("reduction_number", sa.Integer, nullable=False),
+    sa.Column("reduction_total", sa.Integer, nullable=False),
+    sa.Column("n_epochs", sa.Integer, nullable=False),
+    sa.Column("flux_mean", sa.Float(53), doc="Clipped mean flux (uJy)"),
+    sa.Column("flux_rms", sa.Float(53), doc="Clipped flux rms (uJy)"),
+    sa.Column("mag_mean", sa.Float(53), doc="Magnitude of flux_mean (AB)"),
+    sa.Column("mjd_start", sa.Float(53), doc="First epoch (MJD)"),
+    sa.Column("mjd_end", sa.Float(53), doc="Last epoch (MJD)"),
+    *_file_columns(),
+    sa.UniqueConstraint("provenance_id", "filename", "filekey", name="uq_lightcurves_prov_file_key"))
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    source_id: Mapped[int] = mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"), index=True)
-    provenance_id: Mapped[int] = mapped_column(sa.Integer, doc=_BULK_PROVENANCE)
-    obs: Mapped[str] = mapped_column(sa.String(32))
-    filter: Mapped[str] = mapped_column(sa.String(32))
-    season: Mapped[int | None]
-    reduction_number: Mapped[int]
-    reduction_total: Mapped[int]
-    n_epochs: Mapped[int]
-    flux_mean: Mapped[float | None] = mapped_column(sa.Float(53), doc="Clipped mean flux (uJy)")
-    flux_rms: Mapped[float | None] = mapped_column(sa.Float(53), doc="Clipped flux rms (uJy)")
-    mag_mean: Mapped[float | None] = mapped_column(sa.Float(53), doc="Magnitude of flux_mean (AB)")
-    mjd_start: Mapped[float | None] = mapped_column(sa.Float(53), doc="First epoch (MJD)")
-    mjd_end: Mapped[float | None] = mapped_column(sa.Float(53), doc="Last epoch (MJD)")
+RawPhotometry = datasets.RawPhotometry
+Lightcurve = datasets.Lightcurve
 
-    source: Mapped[Source] = relationship(back_populates="lightcurves")
-    provenance: Mapped[Provenance] = relationship(primaryjoin="foreign(Lightcurve.provenance_id) == Provenance.id")
-    source_name: AssociationProxy[str] = association_proxy("source", "name")
+
+def _map(cls, table, **relationships) -> None:
+    """Map a dataset class onto ``table``; its ``filekey`` column is the dataset's ``_filekey``
+    (the dataset derives ``filekey`` from its attributes when the row does not set it)."""
+    if "_sa_class_manager" in cls.__dict__:  # mapped already (a module reloaded)
+        return
+    Base.registry.map_imperatively(cls, table, properties={"_filekey": table.c.filekey, **relationships})
+    cls.__table__, cls.__tablename__ = table, table.name
+    cls.source_name = association_proxy("source", "name")
 
 
 class Detection(TimestampMixin, Base):
@@ -122,3 +136,8 @@ class Detection(TimestampMixin, Base):
     lightcurve: Mapped[Lightcurve | None] = relationship()
     provenance: Mapped[Provenance] = relationship()
     source_name: AssociationProxy[str] = association_proxy("source", "name")
+
+
+_map(RawPhotometry, raw_photometry_table, source=relationship(Source, back_populates="raw_data"))
+_map(Lightcurve, lightcurves_table, source=relationship(Source, back_populates="lightcurves"),
+     provenance=relationship(Provenance, primaryjoin=sa.orm.foreign(lightcurves_table.c.provenance_id) == Provenance.id))

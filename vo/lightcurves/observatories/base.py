@@ -196,12 +196,19 @@ class VirtualObservatory:
         """
         if to != "lcs":
             raise ValueError(f"reduce: unknown product {to!r}; only 'lcs' (light curves) exists")
+        source_id = None
         if isinstance(raw, RawPhotometry):
+            data = raw.data                      # a row from the database reads its file here
             cat_row = cat_row if cat_row is not None else raw.attrs.get("cat_row")
-            raw = raw.data
+            source_id = getattr(raw, "source_id", None)
+            raw = data
         if cat_row is None:
             cat_row = self.row_from_data(raw)
-        return self.reduce_source(raw, cat_row)
+        lcs = self.reduce_source(raw, cat_row)
+        if source_id is not None:                # light curves of a database source belong to it
+            for lc in lcs:
+                lc.source_id = source_id
+        return lcs
 
     def row_from_data(self, raw: pd.DataFrame, name: str | None = None) -> dict:
         """A catalog row for raw data that came without one: the survey object (``oid``) with
