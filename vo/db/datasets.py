@@ -11,7 +11,8 @@ things tie a row to its file, both here:
 * **insert**: a dataset added with ``session.add`` (after ``save()``) gets its path made
   relative to the data root, its file's sha256, and the columns the table needs from its
   attributes (observatory, filter, season, counts, statistics) and, for a light curve, the
-  reduce provenance of the session's config; a missing source is an error naming it.
+  reduce provenance of the session's config; a missing source is an error naming it. A
+  dataset the database indexes already (same natural key) updates that row.
 """
 
 from __future__ import annotations
@@ -123,6 +124,37 @@ def _reduce_provenance(session, lc):
     return row
 
 
+def _natural_key(obj) -> dict | None:
+    """The natural key of a prepared dataset row (None while its provenance has no id)."""
+    if isinstance(obj, RawPhotometry):
+        sid = obj.source_id if obj.source_id is not None else getattr(obj.source, "id", None)
+        return None if sid is None else {"source_id": sid, "obs": obj.obs}
+    pid = obj.provenance_id if obj.provenance_id is not None else getattr(obj.provenance, "id", None)
+    return None if pid is None else {"provenance_id": pid, "filename": obj.filename, "filekey": obj._filekey}
+
+
+def _update_existing(session, obj) -> bool:
+    """A dataset the database indexes already (same natural key) updates that row instead of
+    adding a second one (virtualobserver re-attached re-reduced data); returns whether it did."""
+    import sqlalchemy as sa
+
+    key = _natural_key(obj)
+    if key is None:
+        return False
+    cls = type(obj)
+    with session.no_autoflush:
+        existing = session.scalars(sa.select(cls).filter_by(**key)).first()
+    if existing is None or existing is obj:
+        return False
+    for col in sa.inspect(cls).columns.keys():
+        value = getattr(obj, "_filekey" if col == "filekey" else col, None)
+        if col not in ("id", "created_at") and value is not None:
+            setattr(existing, "_filekey" if col == "filekey" else col, value)
+    session.expunge(obj)
+    obj.id = existing.id
+    return True
+
+
 @event.listens_for(_Session, "before_flush")
 def _before_flush(session, _context, _instances) -> None:
     new = [o for o in session.new if isinstance(o, (RawPhotometry, Lightcurve))]
@@ -131,4 +163,5 @@ def _before_flush(session, _context, _instances) -> None:
         provenances = {}
         for obj in new:
             _prepare(session, obj, root, provenances)
+            _update_existing(session, obj)
 

@@ -16,7 +16,7 @@ from astropy_healpix import HEALPix, nside_to_pixel_resolution
 from sqlalchemy.orm import Session
 
 from vo.db.engine import has_q3c
-from vo.db.models import HEALPIX_LEVEL, SkyPositionMixin
+from vo.db.models import HEALPIX_LEVEL
 
 #: Aim for coarse pixels about this many times smaller than the cone radius: a handful of
 #: index ranges and little area searched in vain.
@@ -57,7 +57,8 @@ def healpix_ranges(ra: float, dec: float, radius_deg: float) -> np.ndarray:
 
 
 def _check_model(model) -> None:
-    if not (isinstance(model, type) and issubclass(model, SkyPositionMixin)):
+    table = getattr(model, "__table__", None)
+    if not (isinstance(model, type) and table is not None and {"ra", "dec", "healpix"} <= set(table.c.keys())):
         raise TypeError(f"{model!r} has no sky position (ra, dec, healpix) to search")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from vo.io import hdf5 as vh5
-from vo.lightcurves.keys import sanitize_key
+from vo.lightcurves.keys import key_property, sanitize_key
 
 
 def _blank(cls):
@@ -25,22 +25,6 @@ def _blank(cls):
     name: science modules do not import the database)."""
     manager = cls.__dict__.get("_sa_class_manager")
     return manager.new_instance() if manager is not None else cls.__new__(cls)
-
-
-class _key_property:  # noqa: N801 (a decorator, like property)
-    """``filekey``: on an instance, the dataset's key (given, or derived from its attributes);
-    on the class, the class's ``_filekey``: the table column once :mod:`vo.db` has mapped the
-    class, so ``sa.select(Lightcurve.filekey)`` is SQL."""
-
-    def __init__(self, fget):
-        self.fget = fget
-        self.__doc__ = fget.__doc__
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            column = owner.__dict__.get("_filekey")
-            return column if column is not None else self
-        return self.fget(obj)
 
 
 class _FileDataset:
@@ -142,7 +126,7 @@ class RawPhotometry(_FileDataset):
     the sanitised source name.
     """
 
-    @_key_property
+    @key_property
     def filekey(self) -> str:
         if self._filekey:
             return self._filekey
@@ -166,6 +150,8 @@ class RawPhotometry(_FileDataset):
         """Write (or replace) this source in its raw store (see :class:`RawStore`)."""
         from vo.lightcurves.rawstore import RawStore
 
+        if self._data is None and self.filename is not None:
+            self.load()                          # a row from the database: its data from its file
         if self._data is None:
             raise ValueError(f"{self!r}: nothing to save (data is None)")
         path = self._set_path(path)
@@ -241,7 +227,7 @@ class Lightcurve(_FileDataset):
         lc.attrs, lc._columns, lc._span = attrs, columns, span
         return lc
 
-    @_key_property
+    @key_property
     def filekey(self) -> str:
         if self._filekey:
             return self._filekey
@@ -319,6 +305,8 @@ class Lightcurve(_FileDataset):
         index (:data:`INDEX_KEY`) is rewritten, so readers of the index see it."""
         from vo.lightcurves.rawstore import update_hdf5
 
+        if self._table() is None and self.filename is not None and path is None:
+            self.load()                          # a row from the database: its data from its file
         table = self._table()
         if table is None:
             raise ValueError(f"{self!r}: nothing to save (data is None)")

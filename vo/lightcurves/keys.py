@@ -1,4 +1,5 @@
-"""Keys of sources in HDF5 files: one to one with source names (no two names share a group)."""
+"""Keys of datasets in HDF5 files: one to one with source names (no two names share a group),
+and the ``filekey`` attribute of the datasets (:class:`key_property`)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,19 @@ def sanitize_key(name: str) -> str:
 def unsanitize_key(key: str) -> str:
     """The source name of a key made by :func:`sanitize_key`."""
     return _KEY_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), key.encode("utf-8")).decode("utf-8")
+
+
+class key_property:  # noqa: N801 (a decorator, like property)
+    """``filekey``: on an instance, the dataset's key (given, or derived from its attributes);
+    on the class, the class's ``_filekey``: the table column once :mod:`vo.db` has mapped the
+    class, so ``sa.select(Lightcurve.filekey)`` is SQL."""
+
+    def __init__(self, fget):
+        self.fget = fget
+        self.__doc__ = fget.__doc__
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            column = owner.__dict__.get("_filekey")
+            return column if column is not None else self
+        return self.fget(obj)

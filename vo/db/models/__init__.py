@@ -54,7 +54,8 @@ from vo.db.models.base import (HEALPIX_LEVEL, HEALPIX_NSIDE, Base, BadnessMixin,
 from vo.db.models.images import (PSF, CatalogExcerpt, Cutouts, Exposure, Image, Measurement,  # noqa: F401
                                  ObjectCounter, Reference, Score, SkyObject, SourceList, Subtraction,
                                  WorldCoordinates, ZeroPoint)
-from vo.db.models.lightcurves import Detection, Lightcurve, Provenance, RawPhotometry, Source  # noqa: F401
+from vo.db.models.lightcurves import (Detection, DetectionInTime, Lightcurve, Provenance, RawPhotometry,  # noqa: F401
+                                      Source)
 
 NATURAL_KEYS: dict[str, tuple[str, ...]] = {
     Provenance.__tablename__: ("step", "obs", "hash"),
@@ -89,7 +90,7 @@ TRANSIENT_TABLES = ("references", "subtractions", "cutouts", "measurements", "sc
 
 def spatial_tables() -> list[sa.Table]:
     """Tables with sky positions (ra, dec, healpix): they get a q3c index on PostgreSQL."""
-    return [m.local_table for m in Base.registry.mappers if issubclass(m.class_, SkyPositionMixin)]
+    return [t for t in Base.metadata.sorted_tables if {"ra", "dec", "healpix"} <= set(t.c.keys())]
 
 
 # every mapper configured now: light curves made fast (without __init__, see

@@ -59,8 +59,18 @@ class SkyPositionMixin:
 
 
 @event.listens_for(SkyPositionMixin, "before_update", propagate=True)
-def _update_healpix(_mapper, _conn, target) -> None:
+def update_healpix(_mapper, _conn, target) -> None:
+    """Keep ``healpix`` in step with a changed ra/dec."""
     target.healpix = int(healpix_index(target.ra, target.dec))
+
+
+def sky_position_columns() -> list[sa.Column]:
+    """The columns of :class:`SkyPositionMixin` for an imperatively mapped table (listen to
+    ``before_update`` with :func:`update_healpix` too)."""
+    return [sa.Column("ra", sa.Float(53), nullable=False, doc="Right ascension (deg)"),
+            sa.Column("dec", sa.Float(53), nullable=False, doc="Declination (deg)"),
+            sa.Column("healpix", sa.BigInteger, nullable=False, index=True, default=_healpix_default,
+                      doc=f"Nested HEALPix index, nside {HEALPIX_NSIDE}")]
 
 
 class FileMixin:

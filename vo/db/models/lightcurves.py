@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from vo.db.models.base import _BULK_PROVENANCE, Base, JSONType, SkyPositionMixin, TimestampMixin
+from vo.db.models.base import _BULK_PROVENANCE, Base, JSONType, TimestampMixin, sky_position_columns, update_healpix
 from vo.lightcurves import datasets
+from vo.lightcurves import sources as vsources
 
 
 class Provenance(TimestampMixin, Base):
@@ -29,26 +31,6 @@ class Provenance(TimestampMixin, Base):
 
     def __repr__(self) -> str:
         return f"Provenance({self.step}.{self.obs or '-'}, {self.hash})"
-
-
-class Source(SkyPositionMixin, TimestampMixin, Base):
-    """A target: one row of one project's catalog."""
-
-    __tablename__ = "sources"
-    __table_args__ = (sa.UniqueConstraint("name", "project", name="uq_sources_name_project"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String)
-    project: Mapped[str] = mapped_column(sa.String(64), index=True)
-    mag: Mapped[float | None] = mapped_column(sa.Float(53), doc="Catalog magnitude")
-    cat_row: Mapped[dict[str, Any]] = mapped_column(default=dict, doc="The full catalog row")
-
-    raw_data: Mapped[list[RawPhotometry]] = relationship(back_populates="source")
-    lightcurves: Mapped[list[Lightcurve]] = relationship(back_populates="source")
-    detections: Mapped[list[Detection]] = relationship(back_populates="source")
-
-    def __repr__(self) -> str:
-        return f"Source({self.name!r}, {self.project}, ra={self.ra:.5f}, dec={self.dec:.5f})"
 
 
 # -- raw photometry and light curves: the datasets themselves, mapped onto their tables ------
@@ -93,8 +75,24 @@ lightcurves_table = sa.Table(
     *_file_columns(),
     sa.UniqueConstraint("provenance_id", "filename", "filekey", name="uq_lightcurves_prov_file_key"))
 
+sources_table = sa.Table(
+    "sources", Base.metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("project", sa.String(64), nullable=False, index=True),
+    sa.Column("mag", sa.Float(53), doc="Catalog magnitude"),
+    sa.Column("cat_row", JSONType, nullable=False, default=dict, doc="The full catalog row"),
+    *sky_position_columns(),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    sa.UniqueConstraint("name", "project", name="uq_sources_name_project"))
+
+Source = vsources.Source
 RawPhotometry = datasets.RawPhotometry
 Lightcurve = datasets.Lightcurve
+if "_sa_class_manager" not in Source.__dict__:
+    Base.registry.map_imperatively(Source, sources_table)
+    Source.__table__, Source.__tablename__ = sources_table, sources_table.name
+    event.listen(Source, "before_update", update_healpix)
 
 
 def _map(cls, table, **relationships) -> None:
@@ -141,3 +139,10 @@ class Detection(TimestampMixin, Base):
 _map(RawPhotometry, raw_photometry_table, source=relationship(Source, back_populates="raw_data"))
 _map(Lightcurve, lightcurves_table, source=relationship(Source, back_populates="lightcurves"),
      provenance=relationship(Provenance, primaryjoin=sa.orm.foreign(lightcurves_table.c.provenance_id) == Provenance.id))
+
+for _name, _cls in (("raw_data", RawPhotometry), ("lightcurves", Lightcurve), ("detections", Detection)):
+    if not sa.inspect(Source).has_property(_name):
+        sa.inspect(Source).add_property(_name, relationship(_cls, back_populates="source"))
+
+#: virtualobserver's name for a detection (an event found in a light curve).
+DetectionInTime = Detection

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import deque
+from collections.abc import Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from vo.lightcurves import reduce as vreduce
 from vo.lightcurves.datasets import RawPhotometry
 from vo.lightcurves.keys import sanitize_key, unsanitize_key
 from vo.lightcurves.rawstore import RawStore, StoreError, utc_now
+from vo.lightcurves.sources import Source
 from vo.provenance import short_hash
 
 log = logging.getLogger("vo.observatories")
@@ -34,6 +37,58 @@ class ParamsMismatchError(StoreError):
     """A raw-store entry was downloaded with other download parameters than the run's."""
 
 
+#: Sources and datasets an observatory keeps after a catalog download (the latest).
+KEEP_LATEST = 100
+
+
+class Pars(MutableMapping):
+    """An observatory's config section with attribute access, as virtualobserver's ``pars``.
+
+    ``obs.pars.reducer = {"gap": 60}`` updates the reducer section (keys not given keep their
+    values); ``obs.pars.num_threads_download`` reads and writes the download section's key;
+    indexing gives the plain values. The section stays the config's own dict, so a change
+    reaches the provenance hashes of the run.
+    """
+
+    def __init__(self, data: dict):
+        object.__setattr__(self, "_d", data)
+
+    def __getitem__(self, key):
+        return self._d[key]
+
+    def __setitem__(self, key, value):
+        self._d[key] = value
+
+    def __delitem__(self, key):
+        del self._d[key]
+
+    def __iter__(self):
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __getattr__(self, name):
+        d = self._d
+        if name in d:
+            return Pars(d[name]) if isinstance(d[name], dict) else d[name]
+        if isinstance(d.get("download"), dict) and name in d["download"]:
+            return d["download"][name]
+        raise AttributeError(f"observatory parameters have no {name!r} (keys: {', '.join(d)})")
+
+    def __setattr__(self, name, value):
+        d = self._d
+        if isinstance(d.get(name), dict) and isinstance(value, Mapping):
+            d[name].update(value)
+        elif name not in d and isinstance(d.get("download"), dict) and name in d["download"]:
+            d["download"][name] = value
+        else:
+            d[name] = value
+
+    def __repr__(self) -> str:
+        return f"Pars({self._d!r})"
+
+
 class VirtualObservatory:
     """A survey: fetch raw photometry per target, store it, reduce it to light curves.
 
@@ -41,22 +96,38 @@ class VirtualObservatory:
 
     Parameters
     ----------
-    name : observatory name (upper case), e.g. ``"ZTF"``.
     pars : the observatory's config section (``cfg[name]``) with ``reducer`` and
-        ``download`` sub-sections.
+        ``download`` sub-sections; None: the defaults updated by ``kwargs``.
     data_root : root of the data folder (raw stores live in ``{data_root}/{name}/``).
+    **kwargs : virtualobserver's constructor: parameters of the section, e.g.
+        ``VirtualZTF(name="ZTF", credentials={...}, reducer={"gap": 60})`` (validated).
     """
 
     name = "BASE"
 
-    def __init__(self, pars: dict, data_root=None):
-        self.pars = pars
+    def __init__(self, pars: dict | None = None, data_root=None, **kwargs):
+        given = kwargs.pop("name", self.name)
+        if str(given).upper() != self.name:
+            raise ValueError(f"{type(self).__name__}: name {given!r} is not {self.name!r}")
+        self.cfg = None
+        if pars is None:
+            self.cfg = vconfig.load_config(overrides={self.name: kwargs} if kwargs else None)
+            pars = self.cfg[self.name]
+            data_root = data_root if data_root is not None else vconfig.data_root(self.cfg)
+        elif kwargs:
+            raise TypeError(f"{type(self).__name__}: give pars or keyword parameters, not both")
+        self.pars = pars if isinstance(pars, Pars) else Pars(pars)
         self.data_root = data_root
+        #: The latest :data:`KEEP_LATEST` sources and raw datasets of a catalog download
+        #: (``download_all_sources(start, end)``), as virtualobserver kept them.
+        self.sources: deque = deque(maxlen=KEEP_LATEST)
+        self.datasets: deque = deque(maxlen=KEEP_LATEST)
 
     @classmethod
     def from_config(cls, cfg: dict):
-        from vo.config import data_root
-        return cls(cfg[cls.name], data_root(cfg))
+        obs = cls(cfg[cls.name], vconfig.data_root(cfg))
+        obs.cfg = cfg
+        return obs
 
     # -- download --------------------------------------------------------------------
     def download_params(self) -> dict:
@@ -92,8 +163,14 @@ class VirtualObservatory:
             log.warning("%s: fetching %s failed: %s", self.name, cat_row.get("name"), exc)
             return None, None, f"{type(exc).__name__}: {exc}"
 
-    def download_all_sources(self, targets: pd.DataFrame, store_path, redownload: bool = False) -> dict:
+    def download_all_sources(self, targets=0, store_path=None, redownload: bool = False, save: bool = True):
         """Fetch every target's raw photometry into the raw store at ``store_path``.
+
+        virtualobserver's form ``download_all_sources(start, end, save=True)`` (integers) takes
+        the rows ``start:end`` of the project's catalog, stores each RA bin's sources in the
+        bin's shared raw store (``save=False``: fetches without storing, for debugging) and
+        returns the list of the bins' manifests; :attr:`sources` and :attr:`datasets` then hold
+        the latest sources and their raw photometry.
 
         Targets already stored with the same download parameters are skipped (unless
         ``redownload`` or ``download.redownload``).  Fetched sources are written every
@@ -107,6 +184,8 @@ class VirtualObservatory:
             sources (a list of {name, key, n_rows, status, error}, status being
             downloaded, skipped or failed).
         """
+        if targets is None or isinstance(targets, (int, np.integer)):
+            return self._download_catalog_rows(int(targets or 0), store_path, redownload, save)
         dpars = self._download_pars()
         redownload = redownload or bool(dpars["redownload"])
         params = self.download_params()
@@ -160,6 +239,34 @@ class VirtualObservatory:
                                 f"download into {store_path}: {lines}{more}", manifest)
         return manifest
 
+    def _download_catalog_rows(self, start: int, end: int | None, redownload: bool, save: bool) -> list[dict]:
+        """``download_all_sources(start, end, save)``: catalog rows ``start:end``, bin by bin."""
+        from vo.catalog import Catalog, ra_bin_of, row_dict
+        from vo.paths import Paths
+
+        if self.cfg is None:
+            raise ValueError(f"{self.name}: download_all_sources(start, end) needs the project's catalog: use an "
+                             "observatory of a Project (proj.observatories) or made with keyword parameters")
+        rows = Catalog.from_config(self.cfg).load().data.iloc[start:end]
+        project = self.cfg["project"]["name"].upper()
+        manifests = []
+        for ra_bin, part in rows.groupby(ra_bin_of(rows["ra"]), sort=True):
+            part = part.reset_index(drop=True)
+            store = Paths(self.cfg).raw_photometry(self.name, int(ra_bin))
+            if save:
+                manifests.append(self.download_all_sources(part, store, redownload))
+            for cat_row in (row_dict(r) for _, r in part.iterrows()):
+                self.sources.append(Source.from_cat_row(cat_row, project))
+                if save:
+                    data = RawPhotometry(filename=store.name, folder=str(store.parent),
+                                         filekey=sanitize_key(cat_row["name"]))
+                else:
+                    raw, altdata, error = self._fetch(cat_row)
+                    data = RawPhotometry(data=raw, attrs={"cat_row": cat_row, "obs": self.name, "altdata": altdata,
+                                                          "error": error})
+                self.datasets.append(data)
+        return manifests
+
     def _mismatch_message(self, store: RawStore, key: str, n: int, params: dict, advice: str) -> str:
         stored = store.attrs(key).get("download_params")
         return (f"{self.name}: {n} source(s) in the raw store {store.path} were downloaded with other "
@@ -192,7 +299,9 @@ class VirtualObservatory:
 
         Without a catalog row (a DataFrame, or raw data read from a file) the target is the
         survey object with the most epochs, at its median position and without a catalog
-        magnitude (:meth:`row_from_data`): its neighbours in the cone are left out.
+        magnitude (:meth:`row_from_data`): its neighbours in the cone are left out.  An
+        observatory of a project places the light curves in the project's reduced file of the
+        target's RA bin (under the reduce step's provenance hash), so ``lc.save()`` needs no path.
         """
         if to != "lcs":
             raise ValueError(f"reduce: unknown product {to!r}; only 'lcs' (light curves) exists")
@@ -205,6 +314,13 @@ class VirtualObservatory:
         if cat_row is None:
             cat_row = self.row_from_data(raw)
         lcs = self.reduce_source(raw, cat_row)
+        if self.cfg is not None:                 # a project's light curves: lc.save() needs no path
+            from vo.catalog import ra_bin_of
+            from vo.paths import Paths
+
+            path = Paths(self.cfg).product("reduce", self.name, int(ra_bin_of(cat_row["ra"])))
+            for lc in lcs:
+                lc.folder, lc.filename = str(path.parent), path.name
         if source_id is not None:                # light curves of a database source belong to it
             for lc in lcs:
                 lc.source_id = source_id

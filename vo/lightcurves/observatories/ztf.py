@@ -72,16 +72,23 @@ def _finite_or_zero(value) -> float:
 
 
 # -- credentials and URLs ----------------------------------------------------------------
-def load_credentials(credentials_file: str | None = None) -> tuple[str, str] | None:
-    """(username, password) from env ``ZTF_USERNAME``/``ZTF_PASSWORD`` or a YAML file.
+def load_credentials(credentials_file: str | None = None, credentials: dict | None = None
+                     ) -> tuple[str, str] | None:
+    """(username, password) from env ``ZTF_USERNAME``/``ZTF_PASSWORD``, the config's
+    ``credentials`` mapping (virtualobserver's ``ZTF={"credentials": {...}}``) or a YAML file.
 
-    The environment wins when both variables are set; otherwise ``credentials_file`` (a
-    YAML mapping with ``username`` and ``password``) is read; with neither, ``None``
-    (anonymous access to public data).  Error messages never contain the file's content.
+    The environment wins when both variables are set, then ``credentials``, then
+    ``credentials_file`` (a YAML mapping with ``username`` and ``password``); with none,
+    ``None`` (anonymous access to public data).  Error messages never contain the secrets.
     """
     user, password = os.environ.get("ZTF_USERNAME"), os.environ.get("ZTF_PASSWORD")
     if user and password:
         return user, password
+    if credentials:
+        missing = [k for k in ("username", "password") if not credentials.get(k)]
+        if missing:
+            raise ZTFCredentialsError(f"ZTF.credentials lacks {', '.join(missing)}")
+        return str(credentials["username"]), str(credentials["password"])
     if not credentials_file:
         return None
     path = Path(credentials_file).expanduser()
@@ -240,8 +247,8 @@ class VirtualZTF(VirtualObservatory):
 
     name = "ZTF"
 
-    def __init__(self, pars: dict, data_root=None):
-        super().__init__(pars, data_root)
+    def __init__(self, pars: dict | None = None, data_root=None, **kwargs):
+        super().__init__(pars, data_root, **kwargs)
         self._client: IRSAClient | None = None
         self._bulk: BulkIndex | None = None
         self._init_lock = threading.Lock()
@@ -258,8 +265,8 @@ class VirtualZTF(VirtualObservatory):
         with self._init_lock:
             if self._client is None:
                 p = self.pars
-                self._client = IRSAClient(p["url"], p["timeout"], p["retries"], p["backoff"],
-                                          p["rate_limit"], load_credentials(p.get("credentials_file")))
+                self._client = IRSAClient(p["url"], p["timeout"], p["retries"], p["backoff"], p["rate_limit"],
+                                          load_credentials(p.get("credentials_file"), p.get("credentials")))
             return self._client
 
     @property
