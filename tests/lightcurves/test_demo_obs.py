@@ -307,3 +307,17 @@ def test_shared_raw_store_never_mixes_download_parameters(tmp_path, targets):
     assert len(lcs) == 27
     with pytest.raises(ParamsMismatchError):
         first.reduce_store(store, few)
+
+
+def test_pars_attribute_access_as_virtualobserver():
+    """``obs.pars.reducer = {...}`` updates (other keys stay); download keys read and write at
+    the top; the section stays the config's own dict (its provenance follows)."""
+    cfg = vconfig.load_config()
+    obs = get_observatory("DEMO", cfg)
+    obs.pars.reducer = {"gap": 60.0}
+    assert cfg["DEMO"]["reducer"]["gap"] == 60.0 and cfg["DEMO"]["reducer"]["radius"] == 3.0
+    obs.pars.num_threads_download = 3
+    assert obs.pars.num_threads_download == 3 and cfg["DEMO"]["download"]["num_threads_download"] == 3
+    assert obs.pars.reducer.radius == 3.0 and dict(obs.pars)["seed"] == cfg["DEMO"]["seed"]
+    with pytest.raises(AttributeError, match="no 'nosuch'"):
+        obs.pars.nosuch

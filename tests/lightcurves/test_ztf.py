@@ -228,6 +228,18 @@ def test_basic_auth_from_env_and_file(irsa, objects, monkeypatch, tmp_path, capl
     assert base64.b64decode(state.requests[-1]["auth"].split()[1]).decode() == f"bob:{PASSWORD}"
     assert PASSWORD not in caplog.text
 
+    # virtualobserver's constructor: credentials in the parameters (masked in written configs)
+    obs = VirtualZTF(name="ZTF", credentials={"username": "carol", "password": PASSWORD}, reducer={"gap": 60},
+                     url=url, timeout=5.0, retries=0, rate_limit=1000.0)
+    assert obs.pars.reducer.gap == 60 and obs.pars["reducer"]["radius"] == 3.0
+    obs.fetch_data_from_observatory(target_row(objects))
+    assert base64.b64decode(state.requests[-1]["auth"].split()[1]).decode() == f"carol:{PASSWORD}"
+    from vo.config import mask_secrets
+    assert PASSWORD not in json.dumps(mask_secrets(obs.cfg)) and PASSWORD not in caplog.text
+    assert "password" not in obs.download_params() and "credentials" not in obs.download_params()
+    with pytest.raises(ValueError, match="name 'DEMO' is not 'ZTF'"):
+        VirtualZTF(name="DEMO")
+
     creds.write_text(f"username: bob\npasswd: {PASSWORD}\n")
     with pytest.raises(ZTFCredentialsError, match="lacks password") as err:
         load_credentials(str(creds))
