@@ -150,6 +150,11 @@ class VirtualObservatory:
         """Raw photometry table and metadata (``altdata``) of one target."""
         raise NotImplementedError
 
+    def prefetch(self, cat_rows: list[dict]) -> None:
+        """Called with each batch of targets before their :meth:`fetch_data_from_observatory`
+        calls: an observatory that reads many targets at once more cheaply (a HATS catalog)
+        reads them here and serves the calls from memory. Default: nothing."""
+
     def _download_pars(self) -> dict:
         return {"batch_size": 100, "num_threads_download": 0, "redownload": False,
                 "on_params_change": "redownload", **self.pars.get("download", {})}
@@ -215,6 +220,7 @@ class VirtualObservatory:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
                 rows = [cat_row for _, cat_row in batch]
+                self.prefetch(rows)
                 results = list(pool.map(self._fetch, rows)) if pool else [self._fetch(r) for r in rows]
                 items = {}
                 for (entry, cat_row), (raw, altdata, error) in zip(batch, results):

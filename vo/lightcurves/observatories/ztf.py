@@ -251,6 +251,8 @@ class VirtualZTF(VirtualObservatory):
         super().__init__(pars, data_root, **kwargs)
         self._client: IRSAClient | None = None
         self._bulk: BulkIndex | None = None
+        self._hats = None
+        self._prefetched: dict = {}
         self._init_lock = threading.Lock()
 
     def download_params(self) -> dict:
@@ -258,7 +260,27 @@ class VirtualZTF(VirtualObservatory):
         keys = ["mode", "data_release", "radius", "bad_catflags_mask"]
         if self.pars.get("mode") == "bulk":
             keys.append("bulk_dir")
+        if self.pars.get("mode") == "hats":
+            keys.append("hats_dir")
         return {k: self.pars.get(k) for k in keys}
+
+    @property
+    def hats(self):
+        """The HATS catalog of ``mode: hats`` (opened on first use)."""
+        from vo.lightcurves.observatories.ztf_hats import HatsIndex, hats_path
+
+        with self._init_lock:
+            if self._hats is None:
+                self._hats = HatsIndex(hats_path(self.pars), self.pars.get("data_release"))
+            return self._hats
+
+    def prefetch(self, cat_rows: list[dict]) -> None:
+        """``mode: hats``: the batch's cones in one read of the overlapping partitions."""
+        if self.pars.get("mode") != "hats":
+            return
+        rows = [r for r in cat_rows if np.isfinite(float(r["ra"])) and np.isfinite(float(r["dec"]))]
+        radii = [cone_radius_arcsec(self.pars["radius"], r) for r in rows]
+        self._prefetched = {str(r["name"]): res for r, res in zip(rows, self.hats.query_many(rows, radii))}
 
     @property
     def client(self) -> IRSAClient:
@@ -282,7 +304,10 @@ class VirtualZTF(VirtualObservatory):
         if not (np.isfinite(ra) and np.isfinite(dec)):
             raise ValueError(f"target {cat_row.get('name')!r} has no finite ra/dec ({ra}, {dec})")
         radius = cone_radius_arcsec(self.pars["radius"], cat_row)
-        if self.pars.get("mode", "api") == "bulk":
+        if self.pars.get("mode", "api") == "hats":
+            cached = self._prefetched.pop(str(cat_row.get("name")), None)
+            table, meta = cached if cached is not None else self.hats.query(ra, dec, radius)
+        elif self.pars.get("mode", "api") == "bulk":
             table, meta = self.bulk.query(ra, dec, radius)
         else:
             table, meta = self.client.query(ra, dec, radius, self.pars.get("bad_catflags_mask"),
