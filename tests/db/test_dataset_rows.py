@@ -115,3 +115,28 @@ def test_adding_what_cannot_be_indexed_names_the_problem(ingested, tmp_path):
         session.add(lc)
         with pytest.raises(ValueError, match="set its source"):
             session.flush()
+
+
+def test_detections_are_one_class_from_the_analysis_file_and_the_database(ingested):
+    from vo.db import DetectionInTime
+    from vo.lightcurves.analysis import read_analysis
+    from vo.lightcurves.datasets import read_lightcurves
+    from vo.lightcurves.detections import detections_of
+
+    cfg, engine, ra_bin = ingested
+    ins, outs = wf.rule_io("analysis", cfg, "DEMO", ra_bin)
+    table = read_analysis(outs["analysis"]).detections
+    from_file = detections_of(table)
+    assert len(from_file) == len(table) > 0 and isinstance(from_file[0], DetectionInTime)
+    lcs = {lc.filekey: lc for lc in read_lightcurves(ins["reduced"])}
+    first = from_file[0]
+    ax = first.plot(lcs[table["filekey"].iloc[0]])
+    assert ax.get_xlabel() == "MJD (days)" and first.name == table["source_name"].iloc[0]
+    with Session(engine, cfg=cfg) as session:
+        rows = session.scalars(sa.select(DetectionInTime).where(DetectionInTime.simulated.is_(False))).all()
+        assert len(rows) == int((~table["simulated"].astype(bool)).sum())
+        row = next(r for r in rows if r.lightcurve is not None)
+        assert isinstance(row, DetectionInTime) and row.name == row.source.name
+        assert row.plot().get_xlabel() == "MJD (days)"      # its light curve, loaded from its file
+        match = [d for d in from_file if d.name == row.name and d.time_peak == row.time_peak]
+        assert match and match[0].peak_snr == pytest.approx(row.peak_snr)

@@ -39,9 +39,10 @@ Design choices
   ``lightcurves``), while every batch has one or a few provenances that ingest looks up
   (and fails on) before it writes.  Provenances are never deleted.  Their parent rows
   (sources, cutouts, measurements) keep their foreign keys and cascades.
-* ``raw_photometry`` and ``lightcurves`` rows are the light-curve datasets themselves
-  (:mod:`vo.lightcurves.datasets`, mapped imperatively in :mod:`vo.db.models.lightcurves`;
-  :mod:`vo.db.datasets` ties row and file): one class whether read from a file or a table.
+* ``sources``, ``raw_photometry``, ``lightcurves`` and ``detections`` rows are the light-curve
+  classes themselves (:mod:`vo.lightcurves.sources`, ``datasets``, ``detections``, mapped
+  imperatively in :mod:`vo.db.models.lightcurves`; :mod:`vo.db.datasets` ties row and file):
+  one class whether read from a file or a table.
 * Every change to the models needs a migration (:mod:`vo.db.migrate`: ``vo db revision``).
 """
 

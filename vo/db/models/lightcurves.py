@@ -6,11 +6,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
+from sqlalchemy.ext.associationproxy import association_proxy
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from vo.db.models.base import _BULK_PROVENANCE, Base, JSONType, TimestampMixin, sky_position_columns, update_healpix
 from vo.lightcurves import datasets
+from vo.lightcurves import detections as vdetections
 from vo.lightcurves import sources as vsources
 
 
@@ -105,44 +106,44 @@ def _map(cls, table, **relationships) -> None:
     cls.source_name = association_proxy("source", "name")
 
 
-class Detection(TimestampMixin, Base):
-    """An event found in a light curve (``simulated`` for injected events)."""
+detections_table = sa.Table(
+    "detections", Base.metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("lightcurve_id", sa.Integer, sa.ForeignKey("lightcurves.id", ondelete="SET NULL"), index=True),
+    sa.Column("provenance_id", sa.Integer, sa.ForeignKey("provenances.id"), nullable=False),
+    sa.Column("obs", sa.String(32), nullable=False),
+    sa.Column("filter", sa.String(32), nullable=False, default="", doc='"" when all filters'),
+    sa.Column("time_start", sa.Float(53), doc="MJD"),
+    sa.Column("time_peak", sa.Float(53), nullable=False, doc="MJD"),
+    sa.Column("time_end", sa.Float(53), doc="MJD"),
+    sa.Column("peak_snr", sa.Float(53)),
+    sa.Column("peak_mag", sa.Float(53), doc="AB mag"),
+    sa.Column("dmag", sa.Float(53), doc="Peak minus mean (mag)"),
+    sa.Column("n_epochs", sa.Integer),
+    sa.Column("simulated", sa.Boolean, nullable=False, default=False, index=True),
+    sa.Column("sim_type", sa.String(64)),
+    sa.Column("sim_params", JSONType),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    sa.UniqueConstraint("provenance_id", "source_id", "obs", "filter", "simulated", "time_peak",
+                        name="uq_detections_natural"))
 
-    __tablename__ = "detections"
-    __table_args__ = (sa.UniqueConstraint("provenance_id", "source_id", "obs", "filter", "simulated",
-                                          "time_peak", name="uq_detections_natural"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    source_id: Mapped[int] = mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"), index=True)
-    lightcurve_id: Mapped[int | None] = mapped_column(
-        sa.ForeignKey("lightcurves.id", ondelete="SET NULL"), index=True)
-    provenance_id: Mapped[int] = mapped_column(sa.ForeignKey("provenances.id"))
-    obs: Mapped[str] = mapped_column(sa.String(32))
-    filter: Mapped[str] = mapped_column(sa.String(32), default="", doc='"" when all filters')
-    time_start: Mapped[float | None] = mapped_column(sa.Float(53), doc="MJD")
-    time_peak: Mapped[float] = mapped_column(sa.Float(53), doc="MJD")
-    time_end: Mapped[float | None] = mapped_column(sa.Float(53), doc="MJD")
-    peak_snr: Mapped[float | None] = mapped_column(sa.Float(53))
-    peak_mag: Mapped[float | None] = mapped_column(sa.Float(53), doc="AB mag")
-    dmag: Mapped[float | None] = mapped_column(sa.Float(53), doc="Peak minus mean (mag)")
-    n_epochs: Mapped[int | None]
-    simulated: Mapped[bool] = mapped_column(sa.Boolean, default=False, index=True)
-    sim_type: Mapped[str | None] = mapped_column(sa.String(64))
-    sim_params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-
-    source: Mapped[Source] = relationship(back_populates="detections")
-    lightcurve: Mapped[Lightcurve | None] = relationship()
-    provenance: Mapped[Provenance] = relationship()
-    source_name: AssociationProxy[str] = association_proxy("source", "name")
+#: An event found in a light curve (``simulated`` for injected events): virtualobserver's
+#: DetectionInTime, the class :mod:`vo.lightcurves.detections` defines.
+Detection = DetectionInTime = vdetections.DetectionInTime
 
 
 _map(RawPhotometry, raw_photometry_table, source=relationship(Source, back_populates="raw_data"))
 _map(Lightcurve, lightcurves_table, source=relationship(Source, back_populates="lightcurves"),
      provenance=relationship(Provenance, primaryjoin=sa.orm.foreign(lightcurves_table.c.provenance_id) == Provenance.id))
 
+if "_sa_class_manager" not in Detection.__dict__:
+    Base.registry.map_imperatively(Detection, detections_table, properties={
+        "source": relationship(Source, back_populates="detections"), "lightcurve": relationship(Lightcurve),
+        "provenance": relationship(Provenance)})
+    Detection.__table__, Detection.__tablename__ = detections_table, detections_table.name
+    Detection.source_name = association_proxy("source", "name")
+
 for _name, _cls in (("raw_data", RawPhotometry), ("lightcurves", Lightcurve), ("detections", Detection)):
     if not sa.inspect(Source).has_property(_name):
         sa.inspect(Source).add_property(_name, relationship(_cls, back_populates="source"))
-
-#: virtualobserver's name for a detection (an event found in a light curve).
-DetectionInTime = Detection
