@@ -326,7 +326,10 @@ def test_killed_job_is_retried_reported_and_rerun_completes(cfgfile, reference, 
             kill_group(proc)
     text = (tmp_path / "job_killed.out").read_text()
     assert proc.returncode != 0, text[-3000:]
-    assert "Trying to restart job" in text and text.count("Error in rule download") == 2, text[-3000:]
+    # each attempt's failure is reported once; Snakemake repeats the last one in its closing
+    # summary when other jobs were still running as it failed (timing), so count before it
+    reported = text.split("Exiting because a job execution failed")[0]
+    assert "Trying to restart job" in text and reported.count("Error in rule download") == 2, text[-3000:]
     left = assert_part_of(root, reference)
     assert check_raw_stores(root)[f"DEMO/{store.name}"], "the killed job had stored a first batch"
     assert not [rel for rel in left if "reduce-" in rel and f"RA{ra_bin}" in rel]
