@@ -23,12 +23,13 @@ import pandas as pd
 import pytest
 from astropy.stats import sigma_clip
 
+from vo import config as vconfig
 from vo.config import load_config
 from vo.lightcurves.segments import IQR_TO_SIGMA
 from vo.lightcurves.observatories import get_observatory
 from vo.lightcurves.observatories.ztf import (
     ZTF_EPOCH_RANGE, BulkIndex, IRSAClient, VirtualZTF, ZTFCredentialsError, ZTFError,
-    cone_radius_arcsec, load_credentials)
+    cone_radius_arcsec, load_credentials, read_irsa_file)
 from testdata import DATA as TEST_DATA
 
 DATA = TEST_DATA / "ztf_dr5_sample"
@@ -234,8 +235,7 @@ def test_basic_auth_from_env_and_file(irsa, objects, monkeypatch, tmp_path, capl
     assert obs.pars.reducer.gap == 60 and obs.pars["reducer"]["radius"] == 3.0
     obs.fetch_data_from_observatory(target_row(objects))
     assert base64.b64decode(state.requests[-1]["auth"].split()[1]).decode() == f"carol:{PASSWORD}"
-    from vo.config import mask_secrets
-    assert PASSWORD not in json.dumps(mask_secrets(obs.cfg)) and PASSWORD not in caplog.text
+    assert PASSWORD not in json.dumps(vconfig.mask_secrets(obs.cfg)) and PASSWORD not in caplog.text
     assert "password" not in obs.download_params() and "credentials" not in obs.download_params()
     with pytest.raises(ValueError, match="name 'DEMO' is not 'ZTF'"):
         VirtualZTF(name="DEMO")
@@ -457,7 +457,6 @@ def test_irsa_file_on_disk_reduces_without_a_catalog_row(objects, tmp_path, fmt)
     matplotlib.use("Agg")
     from astropy.table import Table
     from vo.lightcurves.datasets import RawPhotometry
-    from vo.lightcurves.observatories.ztf import read_irsa_file
 
     row = target_row(objects)
     text = irsa_csv(objects, row["ra"], row["dec"], 6.0 / 3600, None)
@@ -480,8 +479,6 @@ def test_irsa_file_on_disk_reduces_without_a_catalog_row(objects, tmp_path, fmt)
 
 
 def test_bad_irsa_files_name_the_file(tmp_path):
-    from vo.lightcurves.observatories.ztf import read_irsa_file
-
     bad = tmp_path / "lc.tbl"
     bad.write_text("\\fixlen = T\n| oid | mjd |\n| long | double |\n 1 2.0 3.0\n")
     with pytest.raises(ZTFError, match=str(bad)):
