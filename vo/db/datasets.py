@@ -17,13 +17,13 @@ things tie a row to its file, both here:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session as _Session
 
 from vo.db.models import lightcurves as _mapped  # noqa: F401  (the classes are mapped before the events)
+from vo.io.atomic import checksum
 from vo.lightcurves.datasets import Lightcurve, RawPhotometry
 
 #: Lightcurve columns filled from its attributes when it is added without them.
@@ -48,14 +48,6 @@ def _on_load(target, context) -> None:
     target.folder = str(session_data_root(context.session))
 
 
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _relative(target, root: Path) -> None:
     """Make ``target.filename`` relative to ``root`` (its file must lie under it)."""
     full = Path(target.get_fullname()).resolve()
@@ -78,7 +70,7 @@ def _prepare(session, target, root: Path, provenances: dict) -> None:
     if target._filekey is None:
         target._filekey = target.filekey          # derived from the attributes
     if target.checksum is None:
-        target.checksum = file_sha256(path)
+        target.checksum = checksum(path)
     if target.source is None and target.source_id is None:
         raise ValueError(f"{name} {target.filekey}: set its source (a Source row) before adding it")
     a = target.attrs
@@ -146,10 +138,10 @@ def _update_existing(session, obj) -> bool:
         existing = session.scalars(sa.select(cls).filter_by(**key)).first()
     if existing is None or existing is obj:
         return False
-    for col in sa.inspect(cls).columns.keys():
-        value = getattr(obj, "_filekey" if col == "filekey" else col, None)
-        if col not in ("id", "created_at") and value is not None:
-            setattr(existing, "_filekey" if col == "filekey" else col, value)
+    for attr in sa.inspect(cls).column_attrs:      # attribute names (the filekey column is _filekey)
+        value = getattr(obj, attr.key, None)
+        if attr.key not in ("id", "created_at") and value is not None:
+            setattr(existing, attr.key, value)
     session.expunge(obj)
     obj.id = existing.id
     return True

@@ -291,7 +291,8 @@ def analyse_lightcurves(lcs: list, cfg: dict, obs: str) -> AnalysisResult:
     summary["n_recovered"] = np.bincount(inj["lc"].to_numpy(dtype=np.int64),
                                          weights=inj["recovered"].to_numpy(), minlength=len(lcs)).astype(np.int64)
 
-    periods = _periods(batch, good, lc_of, pars.get("periodicity", {}))
+    pp = {**vperiod.DEFAULTS, **pars.get("periodicity", {})}
+    periods = _periods(batch, good, lc_of, pp)
     by_source = periods.set_index("source_name")
     names = summary["source_name"]
     summary["period"] = names.map(by_source["period"]).to_numpy(float)
@@ -300,7 +301,6 @@ def analyse_lightcurves(lcs: list, cfg: dict, obs: str) -> AnalysisResult:
     summary["is_periodic"] = names.isin(by_source.index[by_source["is_periodic"].astype(bool)]).to_numpy()
 
     per_source = None
-    pp = {**vperiod.DEFAULTS, **pars.get("periodicity", {})}
     if pp["enabled"]:  # every bin of a run then has the period arrays, so the bins add up
         mags = summary.groupby("source_name", sort=False)["mag_mean"].median()
         per_source = {"mag": periods["source_name"].map(mags).to_numpy(float),
@@ -315,9 +315,8 @@ def analyse_lightcurves(lcs: list, cfg: dict, obs: str) -> AnalysisResult:
     return AnalysisResult(summary, detections, injections, efficiency, periods, histograms)
 
 
-def _periods(batch: Batch, good: np.ndarray, lc_of: np.ndarray, pars: dict) -> pd.DataFrame:
-    """The periodicity table of the batch's sources (empty when disabled)."""
-    p = {**vperiod.DEFAULTS, **(pars or {})}
+def _periods(batch: Batch, good: np.ndarray, lc_of: np.ndarray, p: dict) -> pd.DataFrame:
+    """The periodicity table of the batch's sources (empty when ``p["enabled"]`` is false)."""
     if not p["enabled"]:
         return pd.DataFrame({c: [] for c in vperiod.COLUMNS})
     meta, cols = batch.meta, batch.cols

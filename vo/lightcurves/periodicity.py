@@ -125,7 +125,7 @@ def source_periods(t, y, dy, bands, pars: dict | None = None) -> dict:
     t, y, dy, bands = t[ok], y[ok], dy[ok], np.asarray(bands, object)[ok]
     out = {"n_epochs": int(t.size), "n_filters": int(len(set(bands))), "baseline": float(np.ptp(t)) if t.size else 0.0}
     if t.size < int(p["min_epochs"]) or out["baseline"] < 2 * float(p["min_period"]):
-        return {**out, **{c: np.nan for c in COLUMNS[5:15]}, "period": np.nan, "period_method": "",
+        return {**out, **{c: np.nan for c in COLUMNS[5:15]}, "period_method": "",
                 "is_periodic": False}
     ls = lomb_scargle(t, y, dy, p)
     bls = box_least_squares(t, y, dy, 1.0 / ls["ls_period"], p)
@@ -152,11 +152,11 @@ def find_periods(source, obs, t, flux, fluxerr, flux_mean, bands, good, pars: di
     codes, names = pd.factorize(source)
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    obs = np.asarray(obs, object)
+    obs, t, bands = np.asarray(obs, object), np.asarray(t, float), np.asarray(bands, object)
     rows = []
     for i, name in enumerate(names):
         idx = order[bounds[i]:bounds[i + 1]]
         idx = idx[good[idx]]
-        res = source_periods(np.asarray(t)[idx], y[idx], dy[idx], np.asarray(bands, object)[idx], pars)
+        res = source_periods(t[idx], y[idx], dy[idx], bands[idx], pars)
         rows.append({"source_name": str(name), "obs": str(obs[order[bounds[i]]]), **res})
     return pd.DataFrame(rows, columns=list(COLUMNS))

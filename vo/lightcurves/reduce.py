@@ -117,7 +117,7 @@ def _catalog_arrays(cat_rows) -> dict[str, np.ndarray]:
 
 
 def target_mask(cols: dict, src: np.ndarray, cat: dict, radius: float, mag_range: float | None,
-                drop_flagged: bool, names=None) -> np.ndarray:
+                drop_flagged: bool, cat_rows=None) -> np.ndarray:
     """Boolean mask of the rows (standard columns as arrays) that belong to their targets.
 
     Row ``i`` belongs to source ``src[i]`` (non-decreasing), whose catalog ra, dec (deg) and mag are
@@ -126,7 +126,7 @@ def target_mask(cols: dict, src: np.ndarray, cat: dict, radius: float, mag_range
     position, and targets without one, are kept), and survey objects (``oid``) whose median
     magnitude differs from the catalog magnitude by more than ``mag_range`` (mag; ``None``
     disables; targets without a magnitude are kept); a target that loses every epoch to this
-    check is warned about (by its name in ``names`` when given).
+    check is warned about (by the ``name`` of its row in ``cat_rows`` when given).
     """
     good = np.isfinite(cols["mag"]) & np.isfinite(cols["mjd"])
     if drop_flagged:
@@ -146,12 +146,12 @@ def target_mask(cols: dict, src: np.ndarray, cat: dict, radius: float, mag_range
             group, uniq = pd.factorize(src[sel].astype(np.int64) * max(len(oids), 1) + oid_code)
             med = _group_medians(cols["mag"][sel], group, len(uniq))
             keep = np.abs(med - cat_mag[src[sel]]) <= mag_range
-            _warn_lost_to_mag_range(src[sel], keep, med, cat_mag, names, mag_range)
+            _warn_lost_to_mag_range(src[sel], keep, med, cat_mag, cat_rows, mag_range)
             good[sel] = keep
     return good
 
 
-def _warn_lost_to_mag_range(src, keep, med, cat_mag, names, mag_range: float) -> None:
+def _warn_lost_to_mag_range(src, keep, med, cat_mag, cat_rows, mag_range: float) -> None:
     """Warn about targets whose every epoch the magnitude-range check dropped (a catalog
     magnitude in another band or simply wrong gives no light curve at all, which must not
     pass silently)."""
@@ -161,7 +161,7 @@ def _warn_lost_to_mag_range(src, keep, med, cat_mag, names, mag_range: float) ->
     if lost.size == 0:
         return
     i = lost[0]
-    name = names[i] if names is not None else f"source {i}"
+    name = cat_rows[i].get("name") if cat_rows is not None else f"source {i}"
     warnings.warn(f"{lost.size} target(s) lost every epoch to the magnitude-range check (the survey's median "
                   f"magnitude is more than reducer.mag_range = {mag_range:g} mag from the catalog's), e.g. "
                   f"{name!r}: catalog {cat_mag[i]:.2f}, survey median {float(np.median(med[src == i])):.2f} mag; "
@@ -254,7 +254,7 @@ def make_lightcurves_many(std, starts, cat_rows, pars: dict, obs: str) -> list[L
     src = segment_ids(starts, n)
     cat = _catalog_arrays(cat_rows)
     rows = np.flatnonzero(target_mask(cols, src, cat, pars["radius"], pars["mag_range"],
-                                      pars["drop_flagged"], [r.get("name") for r in cat_rows]))
+                                      pars["drop_flagged"], cat_rows))
     if rows.size == 0:
         return []
     # sources of the selected rows, as segments, put in time order within each source

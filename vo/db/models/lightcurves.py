@@ -90,20 +90,25 @@ sources_table = sa.Table(
 Source = vsources.Source
 RawPhotometry = datasets.RawPhotometry
 Lightcurve = datasets.Lightcurve
-if "_sa_class_manager" not in Source.__dict__:
-    Base.registry.map_imperatively(Source, sources_table)
-    Source.__table__, Source.__tablename__ = sources_table, sources_table.name
-    event.listen(Source, "before_update", update_healpix)
 
 
-def _map(cls, table, **relationships) -> None:
-    """Map a dataset class onto ``table``; its ``filekey`` column is the dataset's ``_filekey``
-    (the dataset derives ``filekey`` from its attributes when the row does not set it)."""
+def _map(cls, table, **properties) -> None:
+    """Map a light-curve class onto ``table`` (``__table__``/``__tablename__`` as declarative
+    classes have them, for the bulk writers); a row with a ``source`` gets ``source_name``; a
+    dataset's ``filekey`` column is its ``_filekey`` (the dataset derives ``filekey`` from its
+    attributes when the row does not set it)."""
     if "_sa_class_manager" in cls.__dict__:  # mapped already (a module reloaded)
         return
-    Base.registry.map_imperatively(cls, table, properties={"_filekey": table.c.filekey, **relationships})
+    if "filekey" in table.c:
+        properties["_filekey"] = table.c.filekey
+    Base.registry.map_imperatively(cls, table, properties=properties)
     cls.__table__, cls.__tablename__ = table, table.name
-    cls.source_name = association_proxy("source", "name")
+    if "source" in properties:
+        cls.source_name = association_proxy("source", "name")
+
+
+_map(Source, sources_table)
+event.listen(Source, "before_update", update_healpix)
 
 
 detections_table = sa.Table(
@@ -137,12 +142,8 @@ _map(RawPhotometry, raw_photometry_table, source=relationship(Source, back_popul
 _map(Lightcurve, lightcurves_table, source=relationship(Source, back_populates="lightcurves"),
      provenance=relationship(Provenance, primaryjoin=sa.orm.foreign(lightcurves_table.c.provenance_id) == Provenance.id))
 
-if "_sa_class_manager" not in Detection.__dict__:
-    Base.registry.map_imperatively(Detection, detections_table, properties={
-        "source": relationship(Source, back_populates="detections"), "lightcurve": relationship(Lightcurve),
-        "provenance": relationship(Provenance)})
-    Detection.__table__, Detection.__tablename__ = detections_table, detections_table.name
-    Detection.source_name = association_proxy("source", "name")
+_map(Detection, detections_table, source=relationship(Source, back_populates="detections"),
+     lightcurve=relationship(Lightcurve), provenance=relationship(Provenance))
 
 for _name, _cls in (("raw_data", RawPhotometry), ("lightcurves", Lightcurve), ("detections", Detection)):
     if not sa.inspect(Source).has_property(_name):

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 import requests
+import yaml
 
 from vo.lightcurves.observatories.ztf_bulk import ZTFError
 
@@ -49,6 +52,39 @@ class RateLimiter:
             self._next = slot + self.interval
         if slot > now:
             time.sleep(slot - now)
+
+
+def load_pair(env: tuple[str, str], keys: tuple[str, str], given: dict | None, credentials_file,
+              what: str) -> tuple[str, str] | None:
+    """A service's two secrets (user and password): from the environment variables ``env``
+    when both are set, else from ``given`` (a mapping with ``keys``), else from the YAML file
+    ``credentials_file`` (a mapping with ``keys``); None when none is given. Errors name
+    ``what`` and the file, never its content."""
+    a, b = (os.environ.get(v) for v in env)
+    if a and b:
+        return a, b
+    if given:
+        missing = [k for k in keys if not given.get(k)]
+        if missing:
+            raise ZTFCredentialsError(f"{what} credentials lack {', '.join(missing)}")
+        return str(given[keys[0]]), str(given[keys[1]])
+    if not credentials_file:
+        return None
+    path = Path(credentials_file).expanduser()
+    if not path.is_file():
+        raise ZTFCredentialsError(f"{what} credentials_file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ZTFCredentialsError(f"{what} credentials_file {path} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ZTFCredentialsError(f"{what} credentials_file {path} must be a mapping with {' and '.join(keys)}")
+    missing = [k for k in keys if not data.get(k)]
+    if missing:
+        raise ZTFCredentialsError(f"{what} credentials_file {path} lacks {', '.join(missing)}")
+    return str(data[keys[0]]), str(data[keys[1]])
 
 
 def public_url(url: str, params: dict | None = None) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 from datetime import datetime, timezone
 from io import StringIO
@@ -26,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from vo.lightcurves.observatories.base import VirtualObservatory
-from vo.lightcurves.observatories.http import ServiceClient, ZTFCredentialsError, public_url, snippet
+from vo.lightcurves.observatories.http import (ServiceClient, ZTFCredentialsError, load_pair,  # noqa: F401
+                                              public_url, snippet)
 from vo.lightcurves.observatories.ztf_bulk import ZTF_EXPTIME, BulkIndex, ZTFError
 from vo.lightcurves.reduce import STANDARD_COLUMNS
 
@@ -81,31 +80,8 @@ def load_credentials(credentials_file: str | None = None, credentials: dict | No
     ``credentials_file`` (a YAML mapping with ``username`` and ``password``); with none,
     ``None`` (anonymous access to public data).  Error messages never contain the secrets.
     """
-    user, password = os.environ.get("ZTF_USERNAME"), os.environ.get("ZTF_PASSWORD")
-    if user and password:
-        return user, password
-    if credentials:
-        missing = [k for k in ("username", "password") if not credentials.get(k)]
-        if missing:
-            raise ZTFCredentialsError(f"ZTF.credentials lacks {', '.join(missing)}")
-        return str(credentials["username"]), str(credentials["password"])
-    if not credentials_file:
-        return None
-    path = Path(credentials_file).expanduser()
-    if not path.is_file():
-        raise ZTFCredentialsError(f"ZTF credentials_file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ZTFCredentialsError(f"ZTF credentials_file {path} is not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise ZTFCredentialsError(f"ZTF credentials_file {path} must be a mapping with username and password")
-    missing = [k for k in ("username", "password") if not data.get(k)]
-    if missing:
-        raise ZTFCredentialsError(f"ZTF credentials_file {path} lacks {', '.join(missing)}")
-    return str(data["username"]), str(data["password"])
+    return load_pair(("ZTF_USERNAME", "ZTF_PASSWORD"), ("username", "password"), credentials,
+                     credentials_file, "ZTF")
 
 
 def irsa_params(ra: float, dec: float, radius_arcsec: float, bad_catflags_mask: int | None = None,

@@ -29,10 +29,9 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 
-import yaml
 
-from vo.io.atomic import atomic_path
-from vo.lightcurves.observatories.http import ServiceClient, ZTFCredentialsError, snippet
+from vo.io.atomic import write_text
+from vo.lightcurves.observatories.http import ServiceClient, ZTFCredentialsError, load_pair, snippet
 from vo.lightcurves.observatories.ztf_bulk import ZTFError
 
 log = logging.getLogger(__name__)
@@ -49,23 +48,12 @@ FAILED = frozenset({64, 65, 255})  # exit codes of failed requests
 def load_fps_credentials(credentials_file: str | None = None) -> tuple[str, str]:
     """(email, userpass) from ``ZTF_FPS_EMAIL``/``ZTF_FPS_USERPASS`` or the YAML file; a
     :class:`ZTFCredentialsError` (never quoting the file) when neither gives both."""
-    email, userpass = os.environ.get("ZTF_FPS_EMAIL"), os.environ.get("ZTF_FPS_USERPASS")
-    if email and userpass:
-        return email, userpass
-    if not credentials_file:
+    pair = load_pair(("ZTF_FPS_EMAIL", "ZTF_FPS_USERPASS"), ("email", "userpass"), None, credentials_file,
+                     "ZTF forced-photometry")
+    if pair is None:
         raise ZTFCredentialsError("ZTF forced photometry needs credentials: set ZTF_FPS_EMAIL and "
-                                  "ZTF_FPS_USERPASS or ZTF.forced_photometry.credentials_file")
-    path = Path(credentials_file).expanduser()
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError:
-        raise ZTFCredentialsError(f"ZTF forced-photometry credentials_file {path} cannot be read") from None
-    except yaml.YAMLError:
-        raise ZTFCredentialsError(f"ZTF forced-photometry credentials_file {path} is not valid YAML") from None
-    missing = [k for k in ("email", "userpass") if not (isinstance(data, dict) and data.get(k))]
-    if missing:
-        raise ZTFCredentialsError(f"ZTF forced-photometry credentials_file {path} lacks {', '.join(missing)}")
-    return str(data["email"]), str(data["userpass"])
+                                  "ZTF_FPS_USERPASS or give a credentials file (email, userpass)")
+    return pair
 
 
 class _Table(HTMLParser):
@@ -133,8 +121,7 @@ class ForcedPhotometryClient(ServiceClient):
                  max_wait: float = 86400.0, timeout: float = 60.0, retries: int = 3, backoff: float = 2.0,
                  rate_limit: float = 1.0, service_auth: tuple[str, str] = SERVICE_AUTH):
         super().__init__("ZTF forced photometry", timeout, retries, backoff, rate_limit, service_auth,
-                         secrets=[userpass], credentials_hint="check ZTF_FPS_EMAIL/ZTF_FPS_USERPASS or "
-                         "ZTF.forced_photometry.credentials_file")
+                         secrets=[userpass], credentials_hint="check ZTF_FPS_EMAIL/ZTF_FPS_USERPASS or the credentials file")
         self.url = url.rstrip("/")
         self._email, self._userpass = email, userpass
         self.poll_interval, self.max_wait = float(poll_interval), float(max_wait)
@@ -204,10 +191,8 @@ class ForcedPhotometryClient(ServiceClient):
         text = self.request("GET", url, url).text
         if "forcediffimflux" not in text:
             raise ZTFError(f"ZTF forced photometry {url}: not a light-curve file: {self.scrub(text[:200])!r}")
-        dest = Path(dest)
-        with atomic_path(dest) as tmp:
-            Path(tmp).write_text(text)
-        return dest
+        write_text(dest, text)
+        return Path(dest)
 
     def fetch(self, ra, dec, folder: str | os.PathLike, jd_start: float | None = None,
               jd_end: float | None = None, sleep=time.sleep) -> dict[tuple[float, float], Path | None]:

@@ -79,7 +79,6 @@ class HatsIndex:
                            "make one with vo.lightcurves.observatories.ztf_hats.convert_to_hats")
         self.catalog = lsdb.open_catalog(str(self.path), columns=COLUMNS)
         self.data_release = data_release
-        self.partitions_read = 0          # partitions read by the last query (for tests and logs)
 
     @property
     def n_partitions(self) -> int:
@@ -89,7 +88,6 @@ class HatsIndex:
         if not pixels:
             return pd.DataFrame(columns=COLUMNS)
         found = self.catalog.pixel_search(sorted(pixels)).compute(progress_bar=False)
-        self.partitions_read = len(pixels)
         return pd.DataFrame(found).reset_index(drop=True)
 
     def _pixels(self, ra: float, dec: float, radius_arcsec: float) -> set:
